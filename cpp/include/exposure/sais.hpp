@@ -1,0 +1,191 @@
+// Suffix array construction by induced sorting (SA-IS; Nong, Zhang & Chan 2009).
+//
+// Linear time and worst case, whatever the text: a stream of one token repeated 10^7 times or a
+// document repeated 100 times costs the same per token as ordinary text, unlike comparison sorts
+// whose cost grows with the length of repeats. The text has an implicit end sentinel smaller than
+// every symbol, so a suffix that is a prefix of another sorts first.
+//
+// Working memory beyond the text and the output: a bit per position (types), two bucket arrays of
+// the alphabet's size, and nothing else: the recursion lives inside the output array.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <vector>
+
+namespace exposure {
+
+namespace detail {
+
+class TypeBits {  // S-type = 1, L-type = 0
+ public:
+  explicit TypeBits(size_t n) : w_((n + 64) / 64, 0) {}
+  bool s(size_t i) const { return (w_[i >> 6] >> (i & 63)) & 1; }
+  void set_s(size_t i) { w_[i >> 6] |= uint64_t(1) << (i & 63); }
+
+ private:
+  std::vector<uint64_t> w_;
+};
+
+template <class Char, class Idx>
+class Sais {
+ public:
+  static constexpr Idx kEmpty = std::numeric_limits<Idx>::max();
+
+  Sais(const Char* text, Idx* sa, Idx n, Idx sigma) : T_(text), SA_(sa), n_(n), sigma_(sigma), t_(n) {}
+
+  void run() {
+    if (n_ == 0) return;
+    if (n_ == 1) {
+      SA_[0] = 0;
+      return;
+    }
+    classify();
+    count_buckets();
+    // Stage 1: sort LMS substrings by inducing from LMS positions placed in arbitrary order.
+    std::fill(SA_, SA_ + n_, kEmpty);
+    bucket_ends();
+    for (Idx i = n_ - 1; i >= 1; --i)
+      if (is_lms(i)) SA_[--bkt_[T_[i]]] = i;
+    induce_l();
+    induce_s();
+    // Compact the sorted LMS positions into SA[0, n1).
+    Idx n1 = 0;
+    for (Idx i = 0; i < n_; ++i)
+      if (is_lms(SA_[i])) SA_[n1++] = SA_[i];
+    // Name LMS substrings; names go to SA[n1 + pos/2] (LMS positions are >= 2 apart).
+    std::fill(SA_ + n1, SA_ + n_, kEmpty);
+    Idx names = 0;
+    Idx prev = kEmpty;
+    for (Idx i = 0; i < n1; ++i) {
+      const Idx p = SA_[i];
+      if (prev == kEmpty || !equal_lms(prev, p)) ++names;
+      prev = p;
+      SA_[n1 + p / 2] = names - 1;
+    }
+    Idx j = n_;
+    for (Idx i = n_; i > n1; --i)
+      if (SA_[i - 1] != kEmpty) SA_[--j] = SA_[i - 1];
+    // Stage 2: sort the reduced string s1 = SA[n - n1, n) into SA[0, n1).
+    Idx* s1 = SA_ + n_ - n1;
+    if (names < n1) {
+      Sais<Idx, Idx>(s1, SA_, n1, names).run();
+    } else {
+      for (Idx i = 0; i < n1; ++i) SA_[s1[i]] = i;
+    }
+    // Stage 3: map reduced positions back to LMS positions and induce the full order.
+    j = 0;
+    for (Idx i = 1; i < n_; ++i)
+      if (is_lms(i)) s1[j++] = i;
+    for (Idx i = 0; i < n1; ++i) SA_[i] = s1[SA_[i]];
+    std::fill(SA_ + n1, SA_ + n_, kEmpty);
+    bucket_ends();
+    for (Idx i = n1; i > 0; --i) {
+      const Idx p = SA_[i - 1];
+      SA_[i - 1] = kEmpty;
+      SA_[--bkt_[T_[p]]] = p;
+    }
+    induce_l();
+    induce_s();
+  }
+
+ private:
+  bool is_lms(Idx i) const { return i > 0 && i != kEmpty && t_.s(i) && !t_.s(i - 1); }
+
+  void classify() {
+    // Position n-1 is L-type: the implicit sentinel after it is smaller.
+    for (Idx i = n_ - 1; i > 0; --i) {
+      const Idx k = i - 1;
+      if (T_[k] < T_[k + 1] || (T_[k] == T_[k + 1] && t_.s(k + 1))) t_.set_s(k);
+    }
+  }
+
+  void count_buckets() {
+    cnt_.assign(static_cast<size_t>(sigma_), 0);
+    for (Idx i = 0; i < n_; ++i) {
+      if (static_cast<Idx>(T_[i]) >= sigma_) throw std::invalid_argument("symbol outside the alphabet");
+      ++cnt_[T_[i]];
+    }
+    bkt_.resize(static_cast<size_t>(sigma_));
+  }
+
+  void bucket_starts() {
+    Idx sum = 0;
+    for (size_t c = 0; c < cnt_.size(); ++c) {
+      bkt_[c] = sum;
+      sum += cnt_[c];
+    }
+  }
+
+  void bucket_ends() {
+    Idx sum = 0;
+    for (size_t c = 0; c < cnt_.size(); ++c) {
+      sum += cnt_[c];
+      bkt_[c] = sum;
+    }
+  }
+
+  void induce_l() {
+    bucket_starts();
+    SA_[bkt_[T_[n_ - 1]]++] = n_ - 1;  // induced by the sentinel
+    constexpr Idx kAhead = 16;
+    for (Idx i = 0; i < n_; ++i) {
+      if (i + kAhead < n_) {
+        const Idx q = SA_[i + kAhead];
+        if (q != kEmpty && q > 0) __builtin_prefetch(&T_[q - 1]);
+      }
+      const Idx j = SA_[i];
+      if (j != kEmpty && j > 0 && !t_.s(j - 1)) SA_[bkt_[T_[j - 1]]++] = j - 1;
+    }
+  }
+
+  void induce_s() {
+    bucket_ends();
+    constexpr Idx kAhead = 16;
+    for (Idx i = n_; i > 0; --i) {
+      if (i > kAhead) {
+        const Idx q = SA_[i - 1 - kAhead];
+        if (q != kEmpty && q > 0) __builtin_prefetch(&T_[q - 1]);
+      }
+      const Idx j = SA_[i - 1];
+      if (j != kEmpty && j > 0 && t_.s(j - 1)) SA_[--bkt_[T_[j - 1]]] = j - 1;
+    }
+  }
+
+  // Are the LMS substrings starting at p and q equal (symbols and types, up to the next LMS)?
+  bool equal_lms(Idx p, Idx q) const {
+    for (Idx d = 0;; ++d) {
+      const Idx a = p + d, b = q + d;
+      if (a == n_ || b == n_) return false;  // the sentinel's substring is unique
+      if (T_[a] != T_[b] || t_.s(a) != t_.s(b)) return false;
+      if (d > 0) {
+        const bool la = is_lms(a), lb = is_lms(b);
+        if (la || lb) return la && lb;
+      }
+    }
+  }
+
+  const Char* T_;
+  Idx* SA_;
+  Idx n_;
+  Idx sigma_;
+  TypeBits t_;
+  std::vector<Idx> cnt_, bkt_;
+};
+
+}  // namespace detail
+
+// Suffix array of text[0, n) over symbols in [0, sigma). `sa` must hold n entries.
+// Idx must be able to hold n (and n < max(Idx)).
+template <class Char, class Idx>
+void suffix_array(const Char* text, Idx* sa, size_t n, size_t sigma) {
+  if (n >= std::numeric_limits<Idx>::max()) throw std::length_error("text too long for this index type");
+  if (sigma == 0 || sigma > size_t(std::numeric_limits<Idx>::max()))
+    throw std::length_error("alphabet too large for this index type");
+  detail::Sais<Char, Idx>(text, sa, static_cast<Idx>(n), static_cast<Idx>(sigma)).run();
+}
+
+}  // namespace exposure

@@ -1,0 +1,148 @@
+#include "exposure/index.hpp"
+
+#include <algorithm>
+#include <exception>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+namespace exposure {
+
+void parallel_for(size_t n, unsigned threads, const std::function<void(size_t, size_t)>& fn, size_t min_chunk) {
+  if (n == 0) return;
+  const size_t workers = std::min<size_t>(std::max(1u, threads), (n + min_chunk - 1) / min_chunk);
+  if (workers <= 1) {
+    fn(0, n);
+    return;
+  }
+  std::exception_ptr error;
+  std::mutex mu;
+  std::vector<std::jthread> pool;
+  const size_t chunk = (n + workers - 1) / workers;
+  for (size_t w = 0; w < workers; ++w) {
+    const size_t b = w * chunk, e = std::min(n, b + chunk);
+    if (b >= e) break;
+    pool.emplace_back([&, b, e] {
+      try {
+        fn(b, e);
+      } catch (...) {
+        std::lock_guard lock(mu);
+        if (!error) error = std::current_exception();
+      }
+    });
+  }
+  pool.clear();  // joins
+  if (error) std::rethrow_exception(error);
+}
+
+Index::Index(const std::vector<fs::path>& shard_dirs, uint32_t vocab_size, unsigned token_bytes, unsigned threads)
+    : vocab_(vocab_size), threads_(std::max(1u, threads)) {
+  shards_.reserve(shard_dirs.size());
+  uint64_t expect = 0;
+  for (const auto& dir : shard_dirs) {
+    shards_.emplace_back(dir, vocab_size, token_bytes);
+    if (shards_.back().stream_start() != expect)
+      throw IndexFileError("shard " + dir.string() + " starts at stream offset " +
+                           std::to_string(shards_.back().stream_start()) + ", expected " + std::to_string(expect));
+    expect = shards_.back().stream_end();
+  }
+}
+
+uint64_t Index::num_tokens() const { return shards_.empty() ? 0 : shards_.back().stream_end(); }
+
+void Index::set_threads(unsigned t) { threads_ = std::max(1u, t); }
+
+void Index::validate(const PhraseBatch& phrases) const {
+  for (size_t i = 0; i < phrases.size(); ++i) {
+    if (phrases.offsets[i + 1] <= phrases.offsets[i])
+      throw std::invalid_argument("phrase " + std::to_string(i) + " is empty");
+  }
+  for (uint32_t t : phrases.tokens)
+    if (t >= vocab_)
+      throw std::invalid_argument("token id " + std::to_string(t) + " is outside the vocabulary (size " +
+                                  std::to_string(vocab_) + ")");
+}
+
+void Index::count(const PhraseBatch& phrases, std::span<int64_t> out) const {
+  validate(phrases);
+  parallel_for(phrases.size(), threads_, [&](size_t b, size_t e) {
+    for (size_t i = b; i < e; ++i) {
+      int64_t c = 0;
+      for (const Shard& s : shards_) {
+        auto [l, r] = s.find(phrases[i]);
+        c += int64_t(r - l);
+      }
+      out[i] = c;
+    }
+  });
+}
+
+void Index::first_position(const PhraseBatch& phrases, std::span<int64_t> out) const {
+  validate(phrases);
+  parallel_for(phrases.size(), threads_, [&](size_t b, size_t e) {
+    for (size_t i = b; i < e; ++i) {
+      out[i] = -1;
+      for (const Shard& s : shards_) {  // training order: the first shard with a hit has the answer
+        const int64_t p = s.first_position(s.find(phrases[i]));
+        if (p >= 0) {
+          out[i] = p;
+          break;
+        }
+      }
+    }
+  });
+}
+
+void Index::window_counts(const PhraseBatch& phrases, std::span<const uint64_t> boundaries,
+                          std::span<int64_t> out) const {
+  validate(phrases);
+  if (!std::is_sorted(boundaries.begin(), boundaries.end()) ||
+      std::adjacent_find(boundaries.begin(), boundaries.end()) != boundaries.end())
+    throw std::invalid_argument("window boundaries must be strictly increasing");
+  const size_t cols = boundaries.size() < 2 ? 0 : boundaries.size() - 1;
+  std::fill(out.begin(), out.end(), 0);
+  if (cols == 0) return;
+  // Only shards that overlap [boundaries.front(), boundaries.back()) can contribute.
+  std::vector<const Shard*> relevant;
+  std::vector<WindowPlan> plans;
+  for (const Shard& s : shards_) {
+    if (s.stream_end() <= boundaries.front() || s.stream_start() >= boundaries.back()) continue;
+    relevant.push_back(&s);
+    plans.push_back(s.plan_windows(boundaries));
+  }
+  parallel_for(phrases.size(), threads_, [&](size_t b, size_t e) {
+    std::vector<uint64_t> scratch;
+    for (size_t i = b; i < e; ++i) {
+      std::span<int64_t> row = out.subspan(i * cols, cols);
+      for (size_t k = 0; k < relevant.size(); ++k)
+        relevant[k]->window_counts(relevant[k]->find(phrases[i]), plans[k], row, scratch);
+    }
+  });
+}
+
+std::vector<uint64_t> Index::positions(std::span<const uint32_t> phrase, uint64_t limit) const {
+  std::vector<uint64_t> all;
+  for (const Shard& s : shards_) {
+    const size_t before = all.size();
+    s.positions(s.find(phrase), all);
+    // Shards are in stream order, so sorting each shard's part sorts the whole.
+    const auto first = all.begin() + std::ptrdiff_t(before);
+    if (all.size() > limit) {
+      std::nth_element(first, all.begin() + std::ptrdiff_t(limit), all.end());
+      all.resize(limit);
+    }
+    std::sort(first, all.end());
+    if (all.size() >= limit) break;
+  }
+  return all;
+}
+
+void Index::copy_stream(uint64_t t0, uint64_t t1, uint32_t* out) const {
+  if (t0 > t1 || t1 > num_tokens()) throw std::out_of_range("stream range outside the index");
+  for (const Shard& s : shards_) {
+    const uint64_t a = std::max(t0, s.stream_start()), b = std::min(t1, s.stream_end());
+    if (a < b) s.copy_stream(a, b, out + (a - t0));
+  }
+}
+
+}  // namespace exposure

@@ -1,0 +1,375 @@
+#include "exposure/shard.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <chrono>
+#include <stdexcept>
+
+#include "exposure/sais.hpp"
+
+namespace exposure {
+
+namespace {
+
+constexpr const char* kTokens = "tokens.bin";
+constexpr const char* kSa = "sa.bin";
+constexpr const char* kBuckets = "buckets.bin";
+constexpr const char* kRmq = "rmq.bin";
+constexpr const char* kSeps = "separators.bin";
+
+std::string window_file(const std::string& name) { return "windows-" + name + ".bin"; }
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Number of elements of the sorted array `v` that are <= x.
+inline uint64_t count_le(std::span<const uint64_t> v, uint64_t x) {
+  return static_cast<uint64_t>(std::upper_bound(v.begin(), v.end(), x) - v.begin());
+}
+
+template <class Sym>
+FileRecord write_windows(const Shard& shard, const PackedArray& sa, const WindowSpec& spec, unsigned levels,
+                         const fs::path& dir) {
+  std::vector<uint64_t> tb(spec.boundaries.size());
+  for (size_t k = 0; k < tb.size(); ++k) {
+    const uint64_t b = spec.boundaries[k];
+    tb[k] = b <= shard.stream_start() ? 0
+            : b >= shard.stream_end() ? UINT64_MAX
+                                      : shard.stream_to_text(b);
+  }
+  std::vector<Sym> symbols(sa.size());
+  for (uint64_t i = 0; i < sa.size(); ++i) symbols[i] = static_cast<Sym>(count_le(tb, sa[i]));
+  const std::string name = window_file(spec.name);
+  auto [hash, bytes] = WaveletMatrix::write(dir / name, symbols, levels, spec.boundaries);
+  return {name, bytes, hash};
+}
+
+}  // namespace
+
+Shard::Shard(const fs::path& dir, uint32_t vocab_size, unsigned token_bytes)
+    : dir_(dir), vocab_(vocab_size), tbytes_(token_bytes) {
+  tokens_file_ = IndexFile(dir / kTokens, FileKind::Tokens);
+  const FileHeader& th = tokens_file_.header();
+  if (th.elem_bytes != token_bytes)
+    throw IndexFileError("shard file " + tokens_file_.path().string() + " holds " + std::to_string(th.elem_bytes) +
+                         "-byte tokens, the manifest says " + std::to_string(token_bytes));
+  if (th.aux32 != vocab_size)
+    throw IndexFileError("shard file " + tokens_file_.path().string() + " was built for vocabulary size " +
+                         std::to_string(th.aux32) + ", the manifest says " + std::to_string(vocab_size));
+  text_ = tokens_file_.payload();
+  n_text_ = th.count;
+  stream_start_ = th.aux64[0];
+  owned_end_ = th.aux64[1];
+  stream_end_ = th.aux64[2];
+  if (owned_end_ > n_text_ || stream_end_ < stream_start_)
+    throw IndexFileError("shard file " + tokens_file_.path().string() + " is corrupt (bad ranges)");
+
+  sa_file_ = IndexFile(dir / kSa, FileKind::SuffixArray);
+  sa_ = PackedArray(sa_file_.payload(), sa_file_.header().count, sa_file_.header().elem_bytes);
+  if (sa_.size() != stream_end_ - stream_start_)
+    throw IndexFileError("suffix array " + sa_file_.path().string() + " has " + std::to_string(sa_.size()) +
+                         " entries, its shard owns " + std::to_string(stream_end_ - stream_start_) + " tokens");
+  sa_file_.advise_random();
+  tokens_file_.advise_random();
+
+  buckets_file_ = IndexFile(dir / kBuckets, FileKind::Buckets);
+  if (buckets_file_.header().count != uint64_t(vocab_size) + 1 || buckets_file_.header().elem_bytes != 8)
+    throw IndexFileError("bucket file " + buckets_file_.path().string() + " does not match the vocabulary");
+  buckets_ = {reinterpret_cast<const uint64_t*>(buckets_file_.payload()), uint64_t(vocab_size) + 1};
+  if (buckets_.back() != sa_.size())
+    throw IndexFileError("bucket file " + buckets_file_.path().string() + " does not match the suffix array");
+
+  seps_file_ = IndexFile(dir / kSeps, FileKind::Separators);
+  seps_ = {reinterpret_cast<const uint64_t*>(seps_file_.payload()), seps_file_.header().count};
+
+  rmq_file_ = IndexFile(dir / kRmq, FileKind::Rmq);
+  rmq_ = RangeMin(rmq_file_, sa_);
+
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string fname = entry.path().filename().string();
+    if (fname.rfind("windows-", 0) == 0 && fname.size() > 12 && fname.ends_with(".bin")) {
+      const std::string name = fname.substr(8, fname.size() - 12);
+      IndexFile f(entry.path(), FileKind::Windows);
+      WaveletMatrix wm(f);
+      if (wm.size() != sa_.size())
+        throw IndexFileError("window file " + entry.path().string() + " does not match its suffix array");
+      windows_.emplace(name, std::make_pair(std::move(f), std::move(wm)));
+    }
+  }
+}
+
+template <class T>
+std::pair<uint64_t, uint64_t> Shard::find_impl(std::span<const uint32_t> p) const {
+  const T* text = reinterpret_cast<const T*>(text_);
+  const uint64_t m = p.size();
+  uint64_t lo = buckets_[p[0]], hi = buckets_[p[0] + 1];
+  if (m == 1 || lo == hi) return {lo, hi};
+  // Compare the suffix at q with the phrase from token 1 on (token 0 matches inside the bucket).
+  auto cmp = [&](uint64_t q) -> int {
+    for (uint64_t k = 1; k < m; ++k) {
+      if (q + k >= n_text_) return -1;  // the suffix ends first: it sorts before the phrase
+      const uint32_t t = text[q + k];
+      if (t != p[k]) return t < p[k] ? -1 : 1;
+    }
+    return 0;
+  };
+  // Narrow both ends together while the midpoint is outside the match range.
+  while (lo < hi) {
+    const uint64_t mid = lo + (hi - lo) / 2;
+    const int c = cmp(sa_[mid]);
+    if (c < 0)
+      lo = mid + 1;
+    else if (c > 0)
+      hi = mid;
+    else {
+      uint64_t a = lo, b = mid;  // lower bound in [lo, mid]
+      while (a < b) {
+        const uint64_t x = a + (b - a) / 2;
+        if (cmp(sa_[x]) < 0)
+          a = x + 1;
+        else
+          b = x;
+      }
+      uint64_t c2 = mid + 1, d = hi;  // upper bound in (mid, hi]
+      while (c2 < d) {
+        const uint64_t x = c2 + (d - c2) / 2;
+        if (cmp(sa_[x]) <= 0)
+          c2 = x + 1;
+        else
+          d = x;
+      }
+      return {a, c2};
+    }
+  }
+  return {lo, lo};
+}
+
+std::pair<uint64_t, uint64_t> Shard::find(std::span<const uint32_t> phrase) const {
+  if (phrase.empty()) throw std::invalid_argument("empty phrase");
+  for (uint32_t t : phrase)
+    if (t >= vocab_) throw std::invalid_argument("token id " + std::to_string(t) + " is outside the vocabulary");
+  return tbytes_ == 2 ? find_impl<uint16_t>(phrase) : find_impl<uint32_t>(phrase);
+}
+
+int64_t Shard::first_position(std::pair<uint64_t, uint64_t> range) const {
+  if (range.first >= range.second) return -1;
+  return static_cast<int64_t>(text_to_stream(rmq_.min(range.first, range.second)));
+}
+
+uint64_t Shard::text_to_stream(uint64_t q) const {
+  const uint64_t k = static_cast<uint64_t>(std::lower_bound(seps_.begin(), seps_.end(), q) - seps_.begin());
+  return stream_start_ + q - k;
+}
+
+uint64_t Shard::stream_to_text(uint64_t t) const {
+  const uint64_t d = t - stream_start_;
+  // k = number of separators i with seps[i] - i <= d (non-decreasing in i).
+  uint64_t a = 0, b = seps_.size();
+  while (a < b) {
+    const uint64_t i = a + (b - a) / 2;
+    if (seps_[i] - i <= d)
+      a = i + 1;
+    else
+      b = i;
+  }
+  return d + a;
+}
+
+WindowPlan Shard::plan_windows(std::span<const uint64_t> bounds) const {
+  WindowPlan plan;
+  plan.columns = bounds.size() < 2 ? 0 : bounds.size() - 1;
+  plan.text_bounds.resize(bounds.size());
+  for (size_t k = 0; k < bounds.size(); ++k) {
+    const uint64_t b = bounds[k];
+    plan.text_bounds[k] = b <= stream_start_ ? 0 : b >= stream_end_ ? UINT64_MAX : stream_to_text(b);
+  }
+  for (const auto& [name, fw] : windows_) {
+    const WaveletMatrix& wm = fw.second;
+    const auto stored = wm.boundaries();
+    const bool compatible = std::all_of(bounds.begin(), bounds.end(), [&](uint64_t b) {
+      return b <= stream_start_ || b >= stream_end_ || std::binary_search(stored.begin(), stored.end(), b);
+    });
+    if (!compatible) continue;
+    plan.wavelet = &wm;
+    plan.column_of_symbol.assign(size_t(1) << wm.levels(), -1);
+    for (size_t id = 0; id <= stored.size(); ++id) {
+      const uint64_t lower = id == 0 ? 0 : stored[id - 1];
+      const uint64_t rep = std::max(lower, stream_start_);
+      if (rep >= stream_end_) continue;
+      const int64_t col = static_cast<int64_t>(count_le(bounds, rep)) - 1;
+      if (col >= 0 && col < static_cast<int64_t>(plan.columns)) plan.column_of_symbol[id] = static_cast<int32_t>(col);
+    }
+    break;
+  }
+  return plan;
+}
+
+void Shard::window_counts(std::pair<uint64_t, uint64_t> range, const WindowPlan& plan, std::span<int64_t> out,
+                          std::vector<uint64_t>& scratch) const {
+  const auto [l, r] = range;
+  if (l >= r || plan.columns == 0) return;
+  constexpr uint64_t kScanBelow = 256;  // scanning a few entries beats walking the wavelet
+  if (plan.wavelet != nullptr && r - l > kScanBelow) {
+    scratch.assign(plan.column_of_symbol.size(), 0);
+    plan.wavelet->histogram(l, r, scratch);
+    for (size_t s = 0; s < scratch.size(); ++s)
+      if (scratch[s] != 0 && plan.column_of_symbol[s] >= 0) out[plan.column_of_symbol[s]] += int64_t(scratch[s]);
+    return;
+  }
+  const std::span<const uint64_t> tb(plan.text_bounds);
+  for (uint64_t i = l; i < r; ++i) {
+    const int64_t col = static_cast<int64_t>(count_le(tb, sa_[i])) - 1;
+    if (col >= 0 && col < static_cast<int64_t>(plan.columns)) ++out[col];
+  }
+}
+
+void Shard::positions(std::pair<uint64_t, uint64_t> range, std::vector<uint64_t>& out) const {
+  for (uint64_t i = range.first; i < range.second; ++i) out.push_back(text_to_stream(sa_[i]));
+}
+
+void Shard::copy_stream(uint64_t t0, uint64_t t1, uint32_t* out) const {
+  if (t0 < stream_start_ || t1 > stream_end_ || t0 > t1) throw std::out_of_range("stream range outside the shard");
+  uint64_t q = stream_to_text(t0);
+  auto sep = std::lower_bound(seps_.begin(), seps_.end(), q);
+  for (uint64_t t = t0; t < t1; ++q) {
+    if (sep != seps_.end() && *sep == q) {
+      ++sep;
+      continue;
+    }
+    out[t++ - t0] = token(q);
+  }
+}
+
+std::vector<std::string> Shard::window_names() const {
+  std::vector<std::string> names;
+  for (const auto& kv : windows_) names.push_back(kv.first);
+  return names;
+}
+
+FileRecord Shard::add_windows(const WindowSpec& spec) const {
+  if (!std::is_sorted(spec.boundaries.begin(), spec.boundaries.end()) ||
+      std::adjacent_find(spec.boundaries.begin(), spec.boundaries.end()) != spec.boundaries.end())
+    throw std::invalid_argument("window boundaries must be strictly increasing");
+  if (spec.boundaries.size() >= 65535) throw std::invalid_argument("at most 65534 window boundaries");
+  const unsigned levels = std::max(1, int(std::bit_width(spec.boundaries.size())));
+  if (levels <= 8) return write_windows<uint8_t>(*this, sa_, spec, levels, dir_);
+  return write_windows<uint16_t>(*this, sa_, spec, levels, dir_);
+}
+
+template <class T>
+ShardBuildResult build_shard(std::span<const T> text, const fs::path& dir, uint64_t stream_start, uint64_t owned_end,
+                             uint32_t vocab_size, const std::vector<WindowSpec>& windows) {
+  const auto t_start = std::chrono::steady_clock::now();
+  ShardBuildResult res;
+  const uint64_t n = text.size();
+  if (owned_end > n) throw std::invalid_argument("owned_end beyond the text");
+  if (uint64_t(vocab_size) > uint64_t(std::numeric_limits<T>::max()))
+    throw std::invalid_argument("vocabulary too large for the token type (the separator needs one spare id)");
+  const T sep = static_cast<T>(vocab_size);
+  std::vector<uint64_t> seps;
+  std::vector<uint64_t> first(uint64_t(vocab_size) + 1, 0);
+  uint64_t owned_tokens = 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    const T t = text[i];
+    if (t == sep) {
+      seps.push_back(i);
+    } else if (t > sep) {
+      throw std::invalid_argument("token id " + std::to_string(t) + " at text position " + std::to_string(i) +
+                                  " is outside the vocabulary of size " + std::to_string(vocab_size));
+    } else if (i < owned_end) {
+      ++first[t];
+      ++owned_tokens;
+    }
+  }
+  const uint64_t stream_end = stream_start + owned_tokens;
+
+  // Suffix array, then keep owned, non-separator suffixes only.
+  const unsigned width = bytes_for(n == 0 ? 0 : n - 1);
+  auto sort_and_write = [&]<class Idx>(Idx) {
+    std::vector<Idx> sa(n);
+    const auto t0 = std::chrono::steady_clock::now();
+    suffix_array<T, Idx>(text.data(), sa.data(), n, uint64_t(vocab_size) + 1);
+    res.seconds_sa = seconds_since(t0);
+    uint64_t kept = 0;
+    for (uint64_t i = 0; i < n; ++i) {
+      const Idx q = sa[i];
+      if (q < owned_end && text[q] != sep) sa[kept++] = q;
+    }
+    sa.resize(kept);
+    FileWriter out(dir / kSa, make_header(FileKind::SuffixArray, kept, width));
+    if (width == sizeof(Idx)) {
+      out.write(std::span<const Idx>(sa));
+    } else {
+      std::vector<uint8_t> buf;
+      constexpr uint64_t kChunk = 1 << 20;
+      for (uint64_t i = 0; i < kept; i += kChunk) {
+        const uint64_t len = std::min(kChunk, kept - i);
+        buf.resize(len * width);
+        for (uint64_t j = 0; j < len; ++j) {
+          const uint64_t v = sa[i + j];
+          std::memcpy(&buf[j * width], &v, width);
+        }
+        out.write(buf.data(), buf.size());
+      }
+    }
+    auto [hash, bytes] = out.commit();
+    res.files.push_back({kSa, bytes, hash});
+    res.suffixes = kept;
+  };
+  if (n < UINT32_MAX)
+    sort_and_write(uint32_t{});
+  else
+    sort_and_write(uint64_t{});
+  res.sa_width = width;
+  res.text_tokens = n;
+
+  {
+    FileHeader h = make_header(FileKind::Tokens, n, sizeof(T), vocab_size);
+    h.aux64[0] = stream_start;
+    h.aux64[1] = owned_end;
+    h.aux64[2] = stream_end;
+    FileWriter out(dir / kTokens, h);
+    out.write(text);
+    auto [hash, bytes] = out.commit();
+    res.files.push_back({kTokens, bytes, hash});
+  }
+  {
+    // Exclusive prefix sums; the last entry (the separator's, whose bucket is empty) is the total.
+    uint64_t sum = 0;
+    for (auto& c : first) {
+      const uint64_t k = c;
+      c = sum;
+      sum += k;
+    }
+    FileWriter out(dir / kBuckets, make_header(FileKind::Buckets, first.size(), 8));
+    out.write(std::span<const uint64_t>(first));
+    auto [hash, bytes] = out.commit();
+    res.files.push_back({kBuckets, bytes, hash});
+  }
+  {
+    FileWriter out(dir / kSeps, make_header(FileKind::Separators, seps.size(), 8));
+    out.write(std::span<const uint64_t>(seps));
+    auto [hash, bytes] = out.commit();
+    res.files.push_back({kSeps, bytes, hash});
+  }
+  {
+    IndexFile sa_file(dir / kSa, FileKind::SuffixArray);
+    PackedArray sa(sa_file.payload(), sa_file.header().count, width);
+    auto [hash, bytes] = RangeMin::write(dir / kRmq, sa);
+    res.files.push_back({kRmq, bytes, hash});
+  }
+  if (!windows.empty()) {
+    Shard shard(dir, vocab_size, sizeof(T));
+    for (const auto& spec : windows) res.files.push_back(shard.add_windows(spec));
+  }
+  res.seconds_total = seconds_since(t_start);
+  return res;
+}
+
+template ShardBuildResult build_shard<uint16_t>(std::span<const uint16_t>, const fs::path&, uint64_t, uint64_t,
+                                                uint32_t, const std::vector<WindowSpec>&);
+template ShardBuildResult build_shard<uint32_t>(std::span<const uint32_t>, const fs::path&, uint64_t, uint64_t,
+                                                uint32_t, const std::vector<WindowSpec>&);
+
+}  // namespace exposure

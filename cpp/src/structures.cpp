@@ -1,0 +1,180 @@
+#include "exposure/structures.hpp"
+
+#include <algorithm>
+#include <bit>
+
+namespace exposure {
+
+// ---------------------------------------------------------------- RangeMin
+// File payload: level 0 (block minima, nb entries), then level j (nb - 2^j + 1 entries) for
+// j = 1 .. levels-1, every entry `width` bytes. Header: count = total entries, elem_bytes = width,
+// aux32 = block size, aux64[0] = nb, aux64[1] = levels.
+
+RangeMin::RangeMin(const IndexFile& file, PackedArray values) : values_(values) {
+  const FileHeader& h = file.header();
+  if (h.aux32 != kBlock || h.elem_bytes != values.width())
+    throw IndexFileError("range-minimum file " + file.path().string() + " does not match its suffix array");
+  const uint64_t nb = h.aux64[0], nlev = h.aux64[1];
+  if (nb != (values.size() + kBlock - 1) / kBlock)
+    throw IndexFileError("range-minimum file " + file.path().string() + " does not match its suffix array size");
+  uint64_t off = 0;
+  for (uint64_t j = 0; j < nlev; ++j) {
+    const uint64_t len = nb - (uint64_t(1) << j) + 1;
+    if ((off + len) > h.count) throw IndexFileError("range-minimum file " + file.path().string() + " is corrupt");
+    levels_.emplace_back(file.payload() + off * values.width(), len, values.width());
+    off += len;
+  }
+  if (off != h.count) throw IndexFileError("range-minimum file " + file.path().string() + " is corrupt");
+}
+
+uint64_t RangeMin::scan(uint64_t l, uint64_t r) const {
+  uint64_t m = UINT64_MAX;
+  for (uint64_t i = l; i < r; ++i) m = std::min(m, values_[i]);
+  return m;
+}
+
+uint64_t RangeMin::min(uint64_t l, uint64_t r) const {
+  const uint64_t bl = (l + kBlock - 1) / kBlock;  // first whole block
+  const uint64_t br = r / kBlock;                 // one past the last whole block
+  if (bl >= br) return scan(l, r);
+  uint64_t m = std::min(scan(l, bl * kBlock), scan(br * kBlock, r));
+  const unsigned j = std::bit_width(br - bl) - 1;
+  m = std::min(m, levels_[j][bl]);
+  m = std::min(m, levels_[j][br - (uint64_t(1) << j)]);
+  return m;
+}
+
+std::pair<uint64_t, uint64_t> RangeMin::write(const fs::path& path, PackedArray values) {
+  const uint64_t n = values.size();
+  const uint64_t nb = (n + kBlock - 1) / kBlock;
+  const unsigned nlev = nb == 0 ? 0 : std::bit_width(nb);
+  uint64_t total = 0;
+  for (unsigned j = 0; j < nlev; ++j) total += nb - (uint64_t(1) << j) + 1;
+  FileHeader h = make_header(FileKind::Rmq, total, values.width(), kBlock);
+  h.aux64[0] = nb;
+  h.aux64[1] = nlev;
+  FileWriter out(path, h);
+  const unsigned w = values.width();
+  std::vector<uint64_t> cur(nb);
+  for (uint64_t b = 0; b < nb; ++b) {
+    uint64_t m = UINT64_MAX;
+    const uint64_t end = std::min(n, (b + 1) * kBlock);
+    for (uint64_t i = b * kBlock; i < end; ++i) m = std::min(m, values[i]);
+    cur[b] = m;
+  }
+  std::vector<uint8_t> packed;
+  auto emit = [&](uint64_t len) {
+    packed.resize(len * w);
+    for (uint64_t i = 0; i < len; ++i) std::memcpy(&packed[i * w], &cur[i], w);
+    out.write(packed.data(), packed.size());
+  };
+  for (unsigned j = 0; j < nlev; ++j) {
+    const uint64_t len = nb - (uint64_t(1) << j) + 1;
+    if (j > 0) {
+      const uint64_t half = uint64_t(1) << (j - 1);
+      for (uint64_t i = 0; i < len; ++i) cur[i] = std::min(cur[i], cur[i + half]);
+    }
+    emit(len);
+  }
+  return out.commit();
+}
+
+// ---------------------------------------------------------------- WaveletMatrix
+// File payload: boundaries (K x u64, zero-padded to a multiple of 8), then per level lines_per_level 64-byte lines, then the
+// number of zeros per level (levels x u64). Header: count = payload bytes, elem_bytes = 1, aux32 = levels,
+// aux64[0] = n symbols, aux64[1] = K boundaries, aux64[2] = lines per level.
+
+WaveletMatrix::WaveletMatrix(const IndexFile& file) {
+  const FileHeader& h = file.header();
+  levels_ = h.aux32;
+  n_ = h.aux64[0];
+  const uint64_t k = h.aux64[1], nlines = h.aux64[2];
+  const uint64_t kpad = (k + 7) / 8 * 8;  // keeps the lines 64-byte aligned in the file
+  const uint64_t need = 8 * kpad + 8 * uint64_t(levels_) + 64 * nlines * levels_;
+  if (levels_ == 0 || levels_ > 16 || nlines != n_ / kBits + 1 || need != file.payload_size())
+    throw IndexFileError("window file " + file.path().string() + " is corrupt");
+  const uint8_t* p = file.payload();
+  bounds_ = {reinterpret_cast<const uint64_t*>(p), k};
+  p += 8 * kpad;
+  for (unsigned l = 0; l < levels_; ++l) lines_.push_back(reinterpret_cast<const Line*>(p + 64 * nlines * l));
+  p += 64 * nlines * levels_;
+  zeros_.assign(reinterpret_cast<const uint64_t*>(p), reinterpret_cast<const uint64_t*>(p) + levels_);
+}
+
+void WaveletMatrix::histogram(uint64_t l, uint64_t r, std::span<uint64_t> hist) const {
+  struct Node {
+    uint64_t a, b, v;
+    unsigned level;
+  };
+  Node stack[64];
+  int top = 0;
+  stack[top++] = {l, r, 0, 0};
+  while (top > 0) {
+    const Node nd = stack[--top];
+    if (nd.level == levels_) {
+      hist[nd.v] += nd.b - nd.a;
+      continue;
+    }
+    const uint64_t oa = rank1(nd.level, nd.a), ob = rank1(nd.level, nd.b);
+    const uint64_t za = nd.a - oa, zb = nd.b - ob;
+    const uint64_t z = zeros_[nd.level];
+    if (ob > oa) stack[top++] = {z + oa, z + ob, (nd.v << 1) | 1, nd.level + 1};
+    if (zb > za) stack[top++] = {za, zb, nd.v << 1, nd.level + 1};
+  }
+}
+
+template <class Sym>
+std::pair<uint64_t, uint64_t> WaveletMatrix::write(const fs::path& path, std::vector<Sym>& symbols,
+                                                    unsigned levels, std::span<const uint64_t> boundaries) {
+  const uint64_t n = symbols.size();
+  const uint64_t nlines = n / kBits + 1;
+  const uint64_t kpad = (boundaries.size() + 7) / 8 * 8;
+  FileHeader h = make_header(FileKind::Windows, 8 * kpad + 8 * levels + 64 * nlines * levels, 1, levels);
+  h.aux64[0] = n;
+  h.aux64[1] = boundaries.size();
+  h.aux64[2] = nlines;
+  FileWriter out(path, h);
+  out.write(boundaries.data(), boundaries.size_bytes());
+  const std::vector<uint64_t> pad(kpad - boundaries.size(), 0);
+  out.write(pad.data(), 8 * pad.size());
+  std::vector<uint64_t> zeros(levels);
+  std::vector<Sym>& cur = symbols;
+  std::vector<Sym> nxt(n);
+  std::vector<Line> lines(nlines);
+  for (unsigned lv = 0; lv < levels; ++lv) {
+    const unsigned bit = levels - 1 - lv;
+    std::fill(lines.begin(), lines.end(), Line{});
+    uint64_t ones = 0;
+    for (uint64_t li = 0; li < nlines; ++li) {
+      Line& ln = lines[li];
+      ln.cum = ones;
+      const uint64_t start = li * kBits, end = std::min(n, start + kBits);
+      for (uint64_t i = start; i < end; ++i) {
+        if ((cur[i] >> bit) & 1) {
+          const uint64_t off = i - start;
+          ln.w[off / 64] |= uint64_t(1) << (off % 64);
+          ++ones;
+        }
+      }
+    }
+    out.write(lines.data(), lines.size() * sizeof(Line));
+    zeros[lv] = n - ones;
+    uint64_t zi = 0, oi = zeros[lv];
+    for (uint64_t i = 0; i < n; ++i) {
+      if ((cur[i] >> bit) & 1)
+        nxt[oi++] = cur[i];
+      else
+        nxt[zi++] = cur[i];
+    }
+    cur.swap(nxt);
+  }
+  out.write(zeros.data(), 8 * zeros.size());
+  return out.commit();
+}
+
+template std::pair<uint64_t, uint64_t> WaveletMatrix::write<uint8_t>(const fs::path&, std::vector<uint8_t>&, unsigned,
+                                                                      std::span<const uint64_t>);
+template std::pair<uint64_t, uint64_t> WaveletMatrix::write<uint16_t>(const fs::path&, std::vector<uint16_t>&,
+                                                                       unsigned, std::span<const uint64_t>);
+
+}  // namespace exposure

@@ -1,0 +1,234 @@
+"""Score BLiMP minimal pairs at every checkpoint of a pre-training run (``exposure eval``).
+
+Per checkpoint and pair (both sentences): the summed log-probability (lm-evaluation-harness convention: input
+``[BOS, else EOS] + encode(sentence)``, every sentence token scored, ``correct = logp_good > logp_bad``), the
+log-probability of the critical token(s) given their prefix and its good - bad margin, the hidden states at the
+critical token (every layer, float16) and the attention from the critical token to the context token (every
+layer x head, computed from the model's queries and keys for that one row only). Output layout:
+docs/CONTRACTS.md, 'Evaluation output'. Each checkpoint is loaded once, scored in length-bucketed batches and
+written before the next one is loaded; a finished checkpoint is never recomputed.
+
+    >>> results = evaluate_run("splits.parquet", "runs/pythia-160m", "out/eval")   # doctest: +SKIP
+    >>> results.scores(1000).column("correct")                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from exposure.scoring.attention import UnsupportedModelError
+from exposure.scoring.batching import plan_batches
+from exposure.scoring.forward import score_checkpoint
+from exposure.scoring.pairs import (
+    EncodedPairs,
+    EvalError,
+    PairsSource,
+    check_tokenizer,
+    content_sha256,
+    encode_pairs,
+    file_sha256,
+    read_pairs,
+)
+from exposure.scoring.runs import ModelShape, Run, dtype_name, model_shape, open_run, resolve_device, resolve_dtype
+from exposure.scoring.store import EvalResults, OutputDir, load_results, scores_table
+
+__all__ = [
+    "DEFAULT_BATCH_TOKENS",
+    "EvalError",
+    "EvalResults",
+    "UnsupportedModelError",
+    "evaluate_run",
+    "load_results",
+]
+
+DEFAULT_BATCH_TOKENS = 8192
+"""Padded tokens per forward pass (rows x longest sequence). Raise it on a large GPU for small models."""
+
+SCORING_CONVENTION = {
+    "name": "lm-evaluation-harness loglikelihood, BLiMP",
+    "input": "[prefix token] + tokenizer.encode(sentence, add_special_tokens=False)",
+    "prefix_token": "tokenizer BOS, else EOS",
+    "scored_tokens": "every sentence token (not the prefix)",
+    "reduction": "sum of natural-log probabilities, no length normalization",
+    "correct": "logp_good > logp_bad (ties count as wrong)",
+    "crit_logp": "sum of log p over tokens critical_start..critical_token given their prefix; NaN if none",
+    "positions": "pairs-table token index i is model position i + 1",
+    "states": "hidden_states (embeddings, then each layer; last = after the final norm) at the critical token",
+    "attention": "softmax attention weight critical token -> context token, per layer and head, float32",
+    "missing": "NaN where the sentence has no critical (or, for attention, no context) token",
+}
+
+
+def _resolve_checkpoints(run: Run, requested: Sequence[int] | None, pairs: PairsSource) -> list[int]:
+    available = run.available_checkpoints()
+    if requested is None:
+        if available is not None:
+            return list(available)
+        if pairs.checkpoints:
+            return sorted(set(pairs.checkpoints))
+        raise EvalError(
+            f"say which checkpoints of {run.source} to score (--checkpoints): hub revisions are not listed and the "
+            "pairs table has no exposure.checkpoints metadata"
+        )
+    steps = sorted({int(s) for s in requested})
+    if not steps:
+        raise EvalError("no checkpoints requested")
+    if any(s < 0 for s in steps):
+        raise EvalError(f"checkpoint steps must be non-negative: {steps}")
+    if available is not None:
+        missing = [s for s in steps if s not in available]
+        if missing:
+            raise EvalError(f"checkpoint(s) {missing} not in {run.name} (available: {list(available)})")
+    return steps
+
+
+class _TokenizerGate:
+    """Checks each checkpoint's tokenizer file once per distinct content against the pairs' tokenizer."""
+
+    def __init__(self, expected: str | None, sentences: list[str], reference: Path | None) -> None:
+        self.expected = expected
+        self.sentences = sentences
+        self.reference = reference
+        self.verdicts: dict[str, str] = {}
+
+    def check(self, tokenizer_file: Path) -> tuple[str, str]:
+        sha = file_sha256(tokenizer_file)
+        if sha not in self.verdicts:
+            self.verdicts[sha] = check_tokenizer(tokenizer_file, self.expected, self.sentences, self.reference)
+        return sha, self.verdicts[sha]
+
+
+def _release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def evaluate_run(
+    pairs: str | Path | pa.Table,
+    run: str | Path,
+    out_dir: str | Path,
+    *,
+    checkpoints: Sequence[int] | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    progress: bool = True,
+    reference_tokenizer: str | Path | None = None,
+    prefix_token_id: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> EvalResults:
+    """Score ``pairs`` at every checkpoint of ``run`` into ``out_dir``; resumes a previous run into the same dir.
+
+    ``pairs``: the ``exposure splits`` Parquet file (or its table). ``run``: a directory of ``step{S}/``
+    checkpoint folders (transformers layout, tokenizer in each folder or in the run root) or a Hugging Face
+    model id whose revision ``step{S}`` is checkpoint S (Pythia). ``checkpoints``: steps to score (default:
+    every local folder; for a hub id, the pairs table's ``exposure.checkpoints``). ``device``: ``auto`` / ``cpu``
+    / ``cuda[:i]``; ``dtype``: ``auto`` (bf16 on GPU, fp32 on CPU) / ``bf16`` / ``fp16`` / ``fp32``.
+    ``batch_tokens``: padded tokens per forward pass. ``reference_tokenizer``: the original tokenizer file of the
+    pairs, used when the run's ``tokenizer.json`` is a re-serialized copy (see
+    :func:`exposure.scoring.pairs.check_tokenizer`). ``prefix_token_id`` overrides the tokenizer's BOS/EOS.
+    ``on_batch(step, i)`` is called after each batch. Returns :func:`load_results` of ``out_dir``.
+    """
+    source = read_pairs(pairs)
+    run_ = open_run(run)
+    steps = _resolve_checkpoints(run_, checkpoints, source)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    if batch_tokens < 1:
+        raise EvalError(f"batch_tokens must be positive, got {batch_tokens}")
+    good, bad = (source.table.column(c).to_pylist() for c in ("sentence_good", "sentence_bad"))
+    sentences = [s for pair in zip(good, bad) for s in pair]
+    gate = _TokenizerGate(
+        source.tokenizer_sha256, sentences, Path(reference_tokenizer) if reference_tokenizer is not None else None
+    )
+    first_tokenizer = run_.tokenizer_file(steps[0])
+    tokenizer_sha, verdict = gate.check(first_tokenizer)
+    encoded: EncodedPairs = encode_pairs(source.table, Tokenizer.from_file(str(first_tokenizer)))
+    prefix = int(prefix_token_id) if prefix_token_id is not None else run_.prefix_token_id(steps[0])
+    shape: ModelShape = run_.shape(steps[0])
+    info: dict[str, Any] = {
+        "model": run_.name,
+        "run_kind": run_.kind,
+        "checkpoints": steps,
+        "dtype": dtype_name(torch_dtype),
+        "device": str(dev),
+        **shape.to_dict(),
+        "n_pairs": encoded.n_pairs,
+        "pairs_file": str(source.path) if source.path is not None else None,
+        "pairs_sha256": source.sha256,
+        "pairs_content_sha256": content_sha256(source.table),
+        "pairs_tokenizer_sha256": source.tokenizer_sha256,
+        "tokenizer_sha256": tokenizer_sha,
+        "tokenizer_check": verdict,
+        "prefix_token_id": prefix,
+        "batch_tokens": int(batch_tokens),
+        "scoring": SCORING_CONVENTION,
+        "arrays": {
+            "states": "float16 [n_pairs, 2 (good, bad), n_layers + 1, d_model]",
+            "attention": "float32 [n_pairs, 2 (good, bad), n_layers, n_heads]",
+        },
+        "software": {"torch": torch.__version__, "transformers": _transformers_version()},
+    }
+    batches = plan_batches(encoded.lengths() + 1, batch_tokens)
+    state_shape = (encoded.n_pairs, 2, shape.n_layers + 1, shape.d_model)
+    with OutputDir(out_dir) as out:
+        out.start(info, source.path, source.table)
+        todo = [s for s in steps if not out.is_finished(s)]
+        outer = tqdm(total=len(steps), initial=len(steps) - len(todo), desc="checkpoints", unit="ckpt",
+                     disable=not progress, dynamic_ncols=True)
+        try:
+            for step in todo:
+                sha, step_verdict = gate.check(run_.tokenizer_file(step))
+                started = time.perf_counter()
+                model = run_.load_model(step, dev, torch_dtype)
+                loaded = time.perf_counter()
+                step_shape = model_shape(model.config)
+                if step_shape != shape:
+                    raise EvalError(f"checkpoint step{step} has shape {step_shape}, step{steps[0]} has {shape}")
+                pending = out.new_states(step, state_shape)
+                result = score_checkpoint(
+                    model, encoded, batches, prefix, shape.n_layers, shape.n_heads, pending.array, dev,
+                    progress=progress, desc=f"step{step}",
+                    on_batch=None if on_batch is None else (lambda i, s=step: on_batch(s, i)),
+                )
+                del model
+                _release_memory(dev)
+                scored = time.perf_counter()
+                overflow = result.states_overflow
+                if overflow:
+                    tqdm.write(f"step{step}: {overflow} sentence(s) have hidden states beyond the float16 range (inf)")
+                out.commit(
+                    step,
+                    scores_table(encoded.pair_uid, step, result.logp, result.crit_logp),
+                    result.attention,
+                    pending,
+                    {
+                        "device": str(dev),
+                        "load_seconds": round(loaded - started, 3),
+                        "score_seconds": round(scored - loaded, 3),
+                        "pairs_per_second": round(encoded.n_pairs / max(scored - loaded, 1e-9), 2),
+                        "tokenizer_sha256": sha,
+                        "tokenizer_check": step_verdict,
+                        "states_float16_overflow_sentences": overflow,
+                    },
+                )
+                outer.update(1)
+        finally:
+            outer.close()
+    return load_results(out_dir)
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)

@@ -1,0 +1,162 @@
+"""One checkpoint: token log-probabilities, hidden states and attention rows for every sentence of the pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from exposure.scoring.attention import AttentionRowRecorder, UnsupportedModelError
+from exposure.scoring.batching import Batch, make_batch
+from exposure.scoring.pairs import EncodedPairs
+
+LOGIT_CHUNK_ELEMENTS = 1 << 25
+"""Rows of the vocabulary projection are computed in chunks of at most this many logits (128 MiB in float32)."""
+
+
+@dataclass(frozen=True)
+class CheckpointScores:
+    """float64 ``[n, 2]`` summed sentence log-probabilities and critical-token log-probabilities (NaN: none);
+    float32 ``[n, 2, n_layers, n_heads]`` attention critical -> context (NaN: no critical or context token);
+    ``states_overflow``: sentences whose hidden states exceed the float16 range (stored as inf)."""
+
+    logp: np.ndarray
+    crit_logp: np.ndarray
+    attention: np.ndarray
+    states_overflow: int
+
+
+def token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log softmax(head(hidden))[targets]`` row by row, in float32, without materializing all logits at once."""
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    vocab = int(head.weight.shape[0])
+    step = max(1, LOGIT_CHUNK_ELEMENTS // vocab)
+    for start in range(0, hidden.shape[0], step):
+        logits = head(hidden[start : start + step]).float()
+        target = targets[start : start + step, None]
+        out[start : start + step] = (logits.gather(1, target) - torch.logsumexp(logits, dim=1, keepdim=True))[:, 0]
+    return out
+
+
+def _base_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+    base = model.base_model
+    head = model.get_output_embeddings()
+    if base is model or head is None or not hasattr(head, "weight"):
+        raise UnsupportedModelError(f"{type(model).__name__} has no separate base model and output projection")
+    return base, head
+
+
+@torch.inference_mode()
+def check_head(model: Any, input_ids: torch.Tensor) -> None:
+    """Refuse a model whose logits are more than ``head(base(x).last_hidden_state)`` (soft-capping, scaling...)."""
+    base, head = _base_and_head(model)
+    reference = model(input_ids=input_ids, use_cache=False).logits.float()
+    ours = head(base(input_ids=input_ids, use_cache=False).last_hidden_state).float()
+    scale = float(reference.abs().max().clamp(min=1.0))
+    if reference.shape != ours.shape or float((reference - ours).abs().max()) > 1e-3 * scale:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}'s logits are not its output projection applied to the last hidden state "
+            "(logit soft-capping or scaling?): not supported"
+        )
+
+
+def _positions(encoded: EncodedPairs, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    pair, side = index // 2, index % 2
+    crit = encoded.critical_token[pair, side]
+    ctx = encoded.context_token[pair, side]
+    # model position = token index + 1; sequences without a critical/context token use position 0 (discarded)
+    return pair, side, np.where(crit >= 0, crit + 1, 0), np.where(ctx >= 0, ctx + 1, 0)
+
+
+@torch.inference_mode()
+def _forward_batch(
+    model: Any,
+    batch: Batch,
+    query_pos: np.ndarray,
+    key_pos: np.ndarray,
+    shape_layers: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(flat token log-probs float32 [sum(len-1)], states [b, L+1, d] float16, attention rows [b, L, H] float32)."""
+    base, head = _base_and_head(model)
+    ids = torch.from_numpy(batch.input_ids).to(device)
+    mask = torch.from_numpy(batch.attention_mask()).to(device)
+    lengths = torch.from_numpy(batch.lengths).to(device)
+    q = torch.from_numpy(query_pos).to(device)
+    k = torch.from_numpy(key_pos).to(device)
+    with AttentionRowRecorder(q, k) as recorder:
+        out = base(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+    rows = recorder.rows(shape_layers)
+    hidden = out.hidden_states
+    if hidden is None or len(hidden) != shape_layers + 1:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} returned {0 if hidden is None else len(hidden)} hidden states for "
+            f"{shape_layers} layers (expected layers + 1)"
+        )
+    r = torch.arange(ids.shape[0], device=device)
+    states = torch.stack([h[r, q] for h in hidden], dim=1).to(torch.float16)
+    width = ids.shape[1]
+    predicts = torch.arange(width - 1, device=device)[None, :] < (lengths - 1)[:, None]  # [b, T-1]
+    logp = token_logprobs(head, out.last_hidden_state[:, :-1][predicts], ids[:, 1:][predicts])
+    return logp, states, rows
+
+
+def score_checkpoint(
+    model: Any,
+    encoded: EncodedPairs,
+    batches: list[np.ndarray],
+    prefix_id: int,
+    n_layers: int,
+    n_heads: int,
+    states_out: np.ndarray,
+    device: torch.device,
+    progress: bool = True,
+    desc: str = "",
+    on_batch: Callable[[int], None] | None = None,
+) -> CheckpointScores:
+    """Score every sentence of ``encoded`` with ``model`` (batches from :func:`plan_batches`).
+
+    Hidden states at each sentence's critical token (every layer, float16) are written into ``states_out``
+    (``[n, 2, n_layers + 1, d_model]``, e.g. a memory-mapped ``.npy``); NaN where there is no critical token.
+    ``on_batch(i)`` is called after batch ``i`` (progress reporting, tests).
+    """
+    n = encoded.n_pairs
+    first = make_batch(encoded.tokens, batches[0][:1], prefix_id, prefix_id)
+    check_head(model, torch.from_numpy(first.input_ids).to(device))
+    logp = np.full((n, 2), np.nan)
+    crit_logp = np.full((n, 2), np.nan)
+    attention = np.full((n, 2, n_layers, n_heads), np.nan, dtype=np.float32)
+    states_out[...] = np.float16(np.nan)
+    overflow = 0
+    bar = tqdm(total=2 * n, desc=desc, unit="sent", disable=not progress, leave=False, dynamic_ncols=True)
+    try:
+        for i, index in enumerate(batches):
+            batch = make_batch(encoded.tokens, index, prefix_id, prefix_id)
+            pair, side, query_pos, key_pos = _positions(encoded, index)
+            flat, states, rows = _forward_batch(model, batch, query_pos, key_pos, n_layers, device)
+            flat_np = flat.double().cpu().numpy()
+            counts = batch.lengths - 1
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            logp[pair, side] = np.add.reduceat(flat_np, starts)
+            cumulative = np.concatenate([[0.0], np.cumsum(flat_np)])
+            cs = encoded.critical_start[pair, side]
+            ct = encoded.critical_token[pair, side]
+            has_crit = ct >= 0
+            crit = cumulative[starts + np.maximum(ct, 0) + 1] - cumulative[starts + np.maximum(cs, 0)]
+            crit_logp[pair, side] = np.where(has_crit, crit, np.nan)
+            rows_np = rows.cpu().numpy()
+            has_row = has_crit & (encoded.context_token[pair, side] >= 0)
+            attention[pair[has_row], side[has_row]] = rows_np[has_row]
+            states_np = states.cpu().numpy()[has_crit]
+            overflow += int(np.isinf(states_np).any(axis=(1, 2)).sum())
+            states_out[pair[has_crit], side[has_crit]] = states_np
+            bar.update(len(index))
+            if on_batch is not None:
+                on_batch(i)
+    finally:
+        bar.close()
+    return CheckpointScores(logp, crit_logp, attention, overflow)

@@ -1,0 +1,101 @@
+"""Writers of small corpus files in the exact on-disk layouts of /work/shared/FORMATS.md, for the tests.
+
+These write bytes with ``struct`` / raw numpy ``tofile`` independently of the readers under test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+NEOX_TOKENIZER = Path("/work/shared/data/tokenizers/gpt-neox-20b/tokenizer.json")
+GPT2_TOKENIZER = Path("/work/shared/data/tokenizers/gpt2/tokenizer.json")
+
+CODE_DTYPES = {1: "<u1", 2: "<i1", 3: "<i2", 4: "<i4", 5: "<i8", 6: "<f4", 7: "<f8", 8: "<u2"}
+
+
+def idx_bytes(sizes: Sequence[int], dtype_code: int, doc_idx: Sequence[int] | None = None, pointers: Sequence[int] | None = None) -> bytes:
+    """The bytes of a Megatron MMIDIDX ``.idx`` (version 1) for items of ``sizes`` tokens."""
+    itemsize = np.dtype(CODE_DTYPES.get(dtype_code, "<u2")).itemsize
+    if pointers is None:
+        pointers, pos = [], 0
+        for s in sizes:
+            pointers.append(pos)
+            pos += s * itemsize
+    if doc_idx is None:
+        doc_idx = list(range(len(sizes) + 1))
+    out = bytearray(b"MMIDIDX\x00\x00")
+    out += struct.pack("<Q", 1)
+    out += struct.pack("<B", dtype_code)
+    out += struct.pack("<Q", len(sizes))
+    out += struct.pack("<Q", len(doc_idx))
+    out += struct.pack(f"<{len(sizes)}i", *sizes)
+    out += struct.pack(f"<{len(pointers)}q", *pointers)
+    out += struct.pack(f"<{len(doc_idx)}q", *doc_idx)
+    return bytes(out)
+
+
+def write_mmidx(prefix: Path, items: Sequence[Sequence[int]], dtype_code: int = 8) -> tuple[Path, Path]:
+    """Write ``prefix.bin`` + ``prefix.idx`` holding ``items`` (token lists) in order."""
+    dt = CODE_DTYPES[dtype_code]
+    data = b"".join(np.asarray(it, dtype=dt).tobytes() for it in items)
+    bin_path, idx_path = Path(f"{prefix}.bin"), Path(f"{prefix}.idx")
+    bin_path.write_bytes(data)
+    idx_path.write_bytes(idx_bytes([len(it) for it in items], dtype_code))
+    return bin_path, idx_path
+
+
+def write_mmidx_shards(
+    directory: Path, items: Sequence[Sequence[int]], cuts: Sequence[int], stem: str = "document", dtype_code: int = 8
+) -> tuple[list[Path], Path]:
+    """Pythia's sharded layout: the joined ``.bin`` bytes split at byte offsets ``cuts`` into
+    ``STEM-0000i-of-0000n.bin`` files, plus one ``STEM.idx`` for the joined file."""
+    dt = CODE_DTYPES[dtype_code]
+    data = b"".join(np.asarray(it, dtype=dt).tobytes() for it in items)
+    edges = [0, *cuts, len(data)]
+    n = len(edges) - 1
+    paths = []
+    for i in range(n):
+        p = directory / f"{stem}-{i:05d}-of-{n:05d}.bin"
+        p.write_bytes(data[edges[i] : edges[i + 1]])
+        paths.append(p)
+    idx = directory / f"{stem}.idx"
+    idx.write_bytes(idx_bytes([len(it) for it in items], dtype_code))
+    return paths, idx
+
+
+def write_raw(path: Path, tokens: Sequence[int] | np.ndarray, dtype: str) -> Path:
+    """A headerless little-endian token array (OLMo's ``.npy``-named files, ``global_indices.npy``)."""
+    np.asarray(tokens, dtype=np.dtype(dtype).newbyteorder("<")).tofile(path)
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` as UTF-8, gzip- or zstd-compressed according to the suffix."""
+    raw = text.encode("utf-8")
+    if path.name.endswith(".gz"):
+        path.write_bytes(gzip.compress(raw))
+    elif path.name.endswith(".zst"):
+        import zstandard
+
+        path.write_bytes(zstandard.ZstdCompressor().compress(raw))
+    else:
+        path.write_bytes(raw)
+    return path
+
+
+def write_jsonl(path: Path, records: Sequence[object]) -> Path:
+    return write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def write_parquet(path: Path, column: str, values: Sequence[str | None]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({column: pa.array(list(values), type=pa.string()), "n": list(range(len(values)))}), path)
+    return path
