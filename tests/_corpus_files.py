@@ -99,3 +99,14 @@ def write_parquet(path: Path, column: str, values: Sequence[str | None]) -> Path
 
     pq.write_table(pa.table({column: pa.array(list(values), type=pa.string()), "n": list(range(len(values)))}), path)
     return path
+
+
+def small_index(tokens: Sequence[int] | np.ndarray, out: Path, vocab_size: int, item_length: int):
+    """A real engine index over a tiny stream (fed to IndexBuilder directly: ``build_index`` balances its
+    shards by the total token count, which it refuses below 1024 tokens per shard)."""
+    import exposure
+
+    arr = np.asarray(tokens, dtype=np.uint16)
+    with exposure.IndexBuilder(out, dtype=np.uint16, vocab_size=vocab_size, memory_budget_bytes=1 << 30, threads=1, progress=False) as b:
+        b.add(arr, item_length=item_length)
+        return b.finish({})

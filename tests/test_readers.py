@@ -21,7 +21,6 @@ from _corpus_files import (
     write_raw,
     write_text,
 )
-
 from exposure.readers import CorpusError
 from exposure.readers.olmo import (
     OlmoReader,
@@ -32,7 +31,13 @@ from exposure.readers.olmo import (
     repetitive_rows,
 )
 from exposure.readers.pythia import PythiaReader, read_idx, resolve_pythia_sources
-from exposure.readers.text import PackedTextReader, iter_documents, shuffle_order, text_sources, tokenize_corpus
+from exposure.readers.text import (
+    PackedTextReader,
+    iter_documents,
+    shuffle_order,
+    text_sources,
+    tokenize_corpus,
+)
 from exposure.tokenizer import load_tokenizer
 
 
@@ -68,8 +73,9 @@ def test_pythia_variable_items_and_empty_item(tmp_path: Path) -> None:
     r = PythiaReader([tmp_path / "v.bin"])
     assert r.item_length is None and r.num_items == 4 and r.num_tokens == 10
     chunks, stream = _stream(r, 5)
-    # cumulative sizes 3,4,8,8,10: the first chunk takes items while the total stays <= 5
-    assert [c.item_lengths.tolist() for c in chunks] == [[3, 1], [4, 2]]
+    # a chunk takes items while its total stays <= 5: [3, 1] (4), then [4, 0] (the empty item is left
+    # out of the lengths), then [2]
+    assert [c.item_lengths.tolist() for c in chunks] == [[3, 1], [4], [2]]
     assert stream.tolist() == list(range(1, 11))
 
 
@@ -234,9 +240,9 @@ def test_repetitive_rows_thresholds() -> None:
 
 
 def test_olmo_drop_repetitive_keeps_slot(tmp_path: Path) -> None:
-    L = 40
+    L = 80
     normal = _distinct(L)
-    rep = [3, 4] * 20
+    rep = [3, 4] * 40  # period 2 repeated 40 >= 32 times
     a = write_raw(tmp_path / "a.npy", normal + rep + normal, "uint16")
     gi = write_raw(tmp_path / "gi.npy", [1, 2, 0], "uint32")
     r = OlmoReader([a], sequence_length=L, global_indices=gi, drop_repetitive=True, filler_id=50277)

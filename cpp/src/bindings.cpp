@@ -57,7 +57,7 @@ py::dict build_shard_py(const CArray<T>& text, const fs::path& dir, uint64_t str
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "exposure's C++ engine (use the exposure package, not this module)";
-  static py::exception<IndexFileError> index_file_error(m, "IndexFileError", PyExc_ValueError);
+  py::register_exception<IndexFileError>(m, "IndexFileError", PyExc_ValueError);
 
   m.def("build_shard", &build_shard_py<uint16_t>, py::arg("text"), py::arg("dir"), py::arg("stream_start"),
         py::arg("owned_end"), py::arg("vocab_size"), py::arg("windows"));

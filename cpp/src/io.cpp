@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
+#include <new>
 #include <cerrno>
 #include <utility>
 
@@ -182,6 +184,24 @@ IndexFile::IndexFile(const fs::path& path, FileKind kind) : file_(path) {
                          std::to_string(header_.count) + " x " + std::to_string(header_.elem_bytes) +
                          " payload bytes, the file has " + std::to_string(payload_size()));
 }
+
+template <class T>
+HugeArray<T>::HugeArray(size_t n) : n_(n) {
+  constexpr size_t kHuge = size_t(2) << 20;
+  bytes_ = std::max<size_t>(kHuge, (n * sizeof(T) + kHuge - 1) / kHuge * kHuge);
+  void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  ::madvise(p, bytes_, MADV_HUGEPAGE);  // a hint: without THP it is plain memory
+  p_ = static_cast<T*>(p);
+}
+
+template <class T>
+HugeArray<T>::~HugeArray() {
+  if (p_ != nullptr) ::munmap(p_, bytes_);
+}
+
+template class HugeArray<uint32_t>;
+template class HugeArray<uint64_t>;
 
 FileHeader make_header(FileKind kind, uint64_t count, uint32_t elem_bytes, uint32_t aux32) {
   FileHeader h{};

@@ -287,7 +287,7 @@ ShardBuildResult build_shard(std::span<const T> text, const fs::path& dir, uint6
   // Suffix array, then keep owned, non-separator suffixes only.
   const unsigned width = bytes_for(n == 0 ? 0 : n - 1);
   auto sort_and_write = [&]<class Idx>(Idx) {
-    std::vector<Idx> sa(n);
+    HugeArray<Idx> sa(n);
     const auto t0 = std::chrono::steady_clock::now();
     suffix_array<T, Idx>(text.data(), sa.data(), n, uint64_t(vocab_size) + 1);
     res.seconds_sa = seconds_since(t0);
@@ -296,10 +296,9 @@ ShardBuildResult build_shard(std::span<const T> text, const fs::path& dir, uint6
       const Idx q = sa[i];
       if (q < owned_end && text[q] != sep) sa[kept++] = q;
     }
-    sa.resize(kept);
     FileWriter out(dir / kSa, make_header(FileKind::SuffixArray, kept, width));
     if (width == sizeof(Idx)) {
-      out.write(std::span<const Idx>(sa));
+      out.write(sa.span(kept));
     } else {
       std::vector<uint8_t> buf;
       constexpr uint64_t kChunk = 1 << 20;

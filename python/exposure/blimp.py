@@ -17,6 +17,8 @@ rules ask (is this word a noun, a determiner, an auxiliary, a reflexive, …).
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -110,6 +112,15 @@ PHENOMENA: tuple[str, ...] = tuple(sorted(set(PARADIGMS.values())))
 VOCABULARY_FILE = "vocabulary.csv"
 
 _REQUIRED = ("sentence_good", "sentence_bad")
+_EXTRAS = (
+    "one_prefix_prefix",
+    "one_prefix_word_good",
+    "one_prefix_word_bad",
+    "two_prefix_prefix_good",
+    "two_prefix_prefix_bad",
+    "two_prefix_word",
+    "crucial_item",
+)
 
 
 def default_blimp_dir() -> Path:
@@ -127,6 +138,10 @@ class BlimpPair:
     field: str
     sentence_good: str
     sentence_bad: str
+    extras: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """BLiMP's optional fields where present: ``one_prefix_prefix``, ``one_prefix_word_good``,
+    ``one_prefix_word_bad``, ``two_prefix_prefix_good``, ``two_prefix_prefix_bad``, ``two_prefix_word``,
+    ``crucial_item``."""
 
     @property
     def pair_uid(self) -> str:
@@ -180,14 +195,31 @@ def _pair_from_record(rec: Mapping[str, object], where: str, uid_hint: str | Non
         field=str(fld).replace("/", "_"),
         sentence_good=str(rec["sentence_good"]),
         sentence_bad=str(rec["sentence_bad"]),
+        extras={k: rec[k] for k in _EXTRAS if isinstance(rec.get(k), str) and rec[k]},  # type: ignore[misc]
     )
 
 
+def _open_text(path: Path, newline: str | None = None) -> io.TextIOBase:
+    """Open a text file, gzip-compressed when its name ends in ``.gz``."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", newline=newline)  # type: ignore[return-value]
+    return open(path, encoding="utf-8", newline=newline)  # type: ignore[return-value]
+
+
+def _jsonl_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".jsonl.gz", ".jsonl"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> list[BlimpPair]:
-    """Pairs of one BLiMP jsonl file. A malformed line raises ``ValueError`` naming the file and line."""
+    """Pairs of one BLiMP jsonl file (``.jsonl`` or ``.jsonl.gz``). A malformed line raises ``ValueError``
+    naming the file and line."""
     p = Path(path)
     out: list[BlimpPair] = []
-    with open(p, encoding="utf-8") as f:
+    with _open_text(p) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -198,7 +230,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[BlimpPair]:
                 raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
             if not isinstance(rec, dict):
                 raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            out.append(_pair_from_record(rec, where, p.stem))
+            out.append(_pair_from_record(rec, where, _jsonl_stem(p)))
     return out
 
 
@@ -228,8 +260,12 @@ def read_parquet(path: str | os.PathLike[str]) -> list[BlimpPair]:
     return [_pair_from_record(rec, f"{p}: row {i}", hint) for i, rec in enumerate(rows)]
 
 
+def _is_jsonl(path: Path) -> bool:
+    return path.name.endswith((".jsonl", ".jsonl.gz"))
+
+
 def _data_files(root: Path) -> list[Path]:
-    jsonl = sorted(root.glob("*.jsonl"))
+    jsonl = sorted(p for p in root.iterdir() if p.is_file() and _is_jsonl(p))
     if jsonl:
         return jsonl
     return sorted(root.rglob("*.parquet"))
@@ -253,8 +289,8 @@ def load_blimp(
     files = [root] if root.is_file() else _data_files(root)
     if not files:
         raise ValueError(f"{root}: no BLiMP *.jsonl or *.parquet files")
-    if wanted is not None and root.is_dir() and files[0].suffix == ".jsonl":
-        files = [f for f in files if f.stem in wanted]
+    if wanted is not None and root.is_dir() and _is_jsonl(files[0]):
+        files = [f for f in files if _jsonl_stem(f) in wanted]
     iterator: Iterable[Path] = files
     if progress:
         from tqdm import tqdm
@@ -262,7 +298,7 @@ def load_blimp(
         iterator = tqdm(files, desc="reading BLiMP", unit="file", leave=False)
     pairs: list[BlimpPair] = []
     for f in iterator:
-        loaded = read_jsonl(f) if f.suffix == ".jsonl" else read_parquet(f)
+        loaded = read_jsonl(f) if _is_jsonl(f) else read_parquet(f)
         if wanted is not None:
             loaded = [p for p in loaded if p.uid in wanted]
         pairs.extend(loaded)
@@ -303,17 +339,38 @@ class LexEntry:
 
 _AUX_CLASSES = frozenset({"aux", "modal", "copula"})
 _DET_CLASSES = frozenset({"D", "D_wh", "poss_det"})
-_NOUN_CATEGORIES = frozenset({"N", "RelN", "N_embedding", "N_pred"})
+_NOUN_CATEGORIES = frozenset({"N", "N\\NP[poss]", "N/S"})
+"""Noun categories; relational nouns written with their preposition ("sister of", ``N/NP``) and the
+expletives there/it are not nouns for the rules."""
 
 
 @dataclass
 class Vocabulary:
-    """The generator's lexicon, indexed by expression (case-sensitive: proper names are capitalized)."""
+    """The generator's lexicon, indexed by expression (case-sensitive: proper names are capitalized).
+
+    Nouns' ``pluralform``/``singularform`` cells are also indexed as nouns of the other number (the
+    lexicon lists "face" with its plural "faces" but has no row for "faces"). Answers are memoized.
+    """
 
     entries: dict[str, list[LexEntry]]
     multiword: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
+    _memo: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        derived: dict[str, list[LexEntry]] = {}
+        for expr, rows in self.entries.items():
+            for e in rows:
+                if not e.flag("noun"):
+                    continue
+                for key, number in (("pluralform", "pl"), ("singularform", "sg")):
+                    other = e.get(key).strip()
+                    if other and other not in self.entries:
+                        feats = {k: v for k, v in e.features.items() if k not in ("pluralform", "singularform")}
+                        feats.update({"sg": "1" if number == "sg" else "0", "pl": "1" if number == "pl" else "0"})
+                        feats["singularform" if number == "pl" else "pluralform"] = expr
+                        derived.setdefault(other, []).append(LexEntry(other, feats))
+        for expr, rows in derived.items():
+            self.entries.setdefault(expr, rows)
         if not self.multiword:
             mw: dict[str, list[tuple[str, ...]]] = {}
             for expr in self.entries:
@@ -334,6 +391,35 @@ class Vocabulary:
     def __contains__(self, word: str) -> bool:
         return bool(self.lookup(word))
 
+    def _ask(self, word: str, what: str) -> bool:
+        key = (word, what)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._compute(word, what)
+            self._memo[key] = hit
+        return hit
+
+    def _compute(self, word: str, what: str) -> bool:
+        rows = self.lookup(word)
+        classes = {e.get("category_2") for e in rows}
+        if what == "noun":
+            return any(e.flag("noun") and e.get("category") in _NOUN_CATEGORIES for e in rows)
+        if what == "nominal_expression":
+            return any(e.flag("noun") and e.get("category") == "N" for e in self.entries.get(word, ()))
+        if what == "proper":
+            return any(e.flag("properNoun") and e.flag("noun") for e in self.entries.get(word, ()))
+        if what == "det":
+            return bool(classes & _DET_CLASSES)
+        if what == "aux":
+            return bool(classes & _AUX_CLASSES)
+        if what == "verb":
+            return any(e.flag("verb") for e in rows)
+        if what == "refl":
+            return "refl" in classes
+        if what == "npi":
+            return any(e.flag("NPI") for e in rows)
+        raise ValueError(f"unknown lexical question {what!r}")
+
     def any_flag(self, word: str, key: str) -> bool:
         return any(e.flag(key) for e in self.lookup(word))
 
@@ -342,38 +428,44 @@ class Vocabulary:
         return {e.get("category_2") for e in self.lookup(word)}
 
     def is_noun(self, word: str) -> bool:
-        return any(e.flag("noun") and e.get("category_2") != "expletive" for e in self.lookup(word)) or any(
-            e.get("category") in _NOUN_CATEGORIES for e in self.lookup(word)
-        )
+        return self._ask(word, "noun")
 
     def is_proper_noun(self, word: str) -> bool:
-        return any(e.flag("properNoun") and e.flag("noun") for e in self.entries.get(word, []))
+        return self._ask(word, "proper")
 
     def is_determiner(self, word: str) -> bool:
-        return bool(self.classes(word) & _DET_CLASSES)
+        return self._ask(word, "det")
 
     def is_auxiliary(self, word: str) -> bool:
-        return bool(self.classes(word) & _AUX_CLASSES)
+        return self._ask(word, "aux")
 
     def is_verb(self, word: str) -> bool:
-        return self.any_flag(word, "verb")
+        return self._ask(word, "verb")
 
     def is_reflexive(self, word: str) -> bool:
-        return "refl" in self.classes(word)
+        return self._ask(word, "refl")
 
     def is_npi(self, word: str) -> bool:
-        return self.any_flag(word, "NPI")
+        return self._ask(word, "npi")
 
     def expressions_starting(self, word: str) -> list[tuple[str, ...]]:
         """Multi-word expressions whose first word is ``word`` (any case), longest first."""
         return self.multiword.get(word.lower(), [])
 
+    def is_nominal_expression(self, expr: str) -> bool:
+        """Whether a (multi-word) expression is a plain noun (category ``N``)."""
+        return self._ask(expr, "nominal_expression")
+
+    def is_verbal_expression(self, expr: str) -> bool:
+        """Whether a (multi-word) expression is a verb."""
+        return self._ask(expr, "verb")
+
 
 def read_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
-    """Read ``vocabulary.csv`` (header row, CRLF line ends, empty cell = feature not set)."""
+    """Read ``vocabulary.csv`` (or ``.csv.gz``; header row, CRLF line ends, empty cell = feature not set)."""
     p = Path(path)
     entries: dict[str, list[LexEntry]] = {}
-    with open(p, encoding="utf-8", newline="") as f:
+    with _open_text(p, newline="") as f:
         reader = csv.reader(f)
         try:
             header = next(reader)
@@ -397,18 +489,19 @@ def read_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
 
 
 def find_vocabulary(blimp_path: str | os.PathLike[str] | None, explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Where the vocabulary is: ``explicit`` if given, else ``vocabulary.csv`` next to the BLiMP data,
-    else the bundled copy."""
+    """Where the vocabulary is: ``explicit`` if given, else ``vocabulary.csv`` (or ``.csv.gz``) next to
+    the BLiMP data, else in the bundled BLiMP directory."""
     if explicit is not None:
         p = Path(explicit)
         if not p.is_file():
             raise FileNotFoundError(f"no vocabulary file at {p}")
         return p
-    candidates: list[Path] = []
+    dirs: list[Path] = []
     if blimp_path is not None:
         b = Path(blimp_path)
-        candidates.append((b if b.is_dir() else b.parent) / VOCABULARY_FILE)
-    candidates.append(default_blimp_dir() / VOCABULARY_FILE)
+        dirs.append(b if b.is_dir() else b.parent)
+    dirs.append(default_blimp_dir())
+    candidates = [d / name for d in dirs for name in (VOCABULARY_FILE, VOCABULARY_FILE + ".gz")]
     for c in candidates:
         if c.is_file():
             return c

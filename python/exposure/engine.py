@@ -142,6 +142,7 @@ class IndexBuilder:
         windows: Mapping[str, Any] | None = None,
         max_phrase_tokens: int = 1024,
         total_tokens: int | None = None,
+        total_items: int | None = None,
         overwrite: bool = False,
         progress: bool = True,
         shard_tokens: int | None = None,
@@ -172,18 +173,21 @@ class IndexBuilder:
         self.parallel = self.threads
         usable = max(self.budget - _FIXED_OVERHEAD, 1 << 20)
         cap = int(usable / (per_token * self.parallel)) - self.overlap
-        if total_tokens:
-            # Balanced shards: as few as the budget allows, and enough to keep the threads busy
-            # only when more than one is needed anyway.
-            n_shards = max(1, -(-int(total_tokens) // max(cap, 1)))
-            cap = min(cap, -(-int(total_tokens) // n_shards) + 1)
-        if shard_tokens is not None:
-            cap = int(shard_tokens)
-        if cap < 1024:
+        if cap < 1024 and shard_tokens is None:
             raise ValueError(
                 f"memory budget of {self.budget} bytes is too small for {self.parallel} parallel shard builds "
                 f"with a {self.overlap}-token overlap; raise it or lower threads"
             )
+        if total_tokens:
+            # Known length: balanced shards, as few as the budget allows (text = tokens plus one
+            # separator per item).
+            text = int(total_tokens) + int(total_items or 0)
+            n_shards = max(1, -(-text // max(cap, 1)))
+            cap = min(cap, -(-text // n_shards) + 1)
+        if shard_tokens is not None:  # explicit shard size (tests, or matching a cluster's layout)
+            if shard_tokens < 1:
+                raise ValueError("shard_tokens must be positive")
+            cap = int(shard_tokens)
         self.cap = cap
         self.buf_len = cap + self.overlap
         self._buffers: list[np.ndarray | None] = [None] * self.parallel
@@ -396,6 +400,8 @@ class IndexBuilder:
         return {"count": self._n_items, "starts_file": "items.npy"}
 
     def _buffer(self) -> np.ndarray:
+        """The buffer being filled (waiting first for a build still reading it)."""
+        self._wait(self._cur)
         buf = self._buffers[self._cur]
         if buf is None:
             buf = np.empty(self.buf_len, dtype=self.dtype)
@@ -450,11 +456,10 @@ class IndexBuilder:
         else:
             # The shard builds from this buffer in the background; the next buffer (once its own
             # build is done) takes the carried-over tokens.
-            nxt = (k + 1) % self.parallel
-            self._wait(nxt)
-            self._cur = nxt
-            self._buffer()[: rest.size] = rest
             self._futures[k] = self._pool.submit(self._build_one, record, text)
+            self._cur = (k + 1) % self.parallel
+            if rest.size:
+                self._buffer()[: rest.size] = rest
         self._fill = rest.size
 
     def _wait(self, k: int) -> None:
@@ -588,6 +593,7 @@ def build_index(
         windows=windows,
         max_phrase_tokens=max_phrase_tokens,
         total_tokens=n,
+        total_items=starts.size if starts is not None else (-(-n // item_length) if item_length else 1),
         overwrite=overwrite,
         progress=progress,
         shard_tokens=shard_tokens,

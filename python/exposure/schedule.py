@@ -291,52 +291,51 @@ class Schedule:
         fs = self.first_step(index, phrases)
         return (fs >= 0) & (fs < int(checkpoint))
 
-    def _pass_bounds(self, num_tokens: int) -> list[np.ndarray]:
-        """Stream-offset boundaries, one array per pass over the data, such that the occurrences in
-        ``[b[k], b[k+1])`` of pass ``p``'s array are trained in window ``k``. Pass 0 covers the whole
-        index; pass p >= 1 covers the first ``epoch_tokens`` offsets shifted back by ``p*epoch_tokens``."""
+    def _count_points(self, num_tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """How :meth:`exposures` reads the index.
+
+        With one pass of ``E`` tokens repeated in the same order, the occurrences trained before virtual
+        stream position ``v`` number ``G(v) = (v // E) * F(E) + F(v % E)``, where ``F(x)`` counts the
+        occurrences at offsets ``< x`` of one pass. So every window needs ``F`` only at the points
+        ``v % E`` (and at ``E``): one ``window_counts`` call, however many passes the run makes.
+        Without repetition ``G(v) = F(min(v, num_tokens))``.
+
+        Returns (unique points u, starting at 0; the virtual boundaries v = [0, c_k * tokens_per_step];
+        v's index into u; E, or 0 without repetition).
+        """
         virt = np.concatenate([[0], self.window_boundaries()]).astype(np.int64)
-        out = [np.clip(virt, 0, num_tokens)]
         et = self.epoch_tokens
         if et is not None and et > 0:
             limit = min(et, num_tokens)
-            run_end = int(self.checkpoints[-1]) * self.tokens_per_step
-            p = 1
-            while p * et < run_end:
-                out.append(np.clip(virt - p * et, 0, limit))
-                p += 1
-        return out
+            pts = np.minimum(virt % et, limit)
+            u = np.unique(np.concatenate([[0, limit], pts]))
+            return u, virt, np.searchsorted(u, pts), et
+        pts = np.clip(virt, 0, num_tokens)
+        u = np.unique(np.concatenate([[0], pts]))
+        return u, virt, np.searchsorted(u, pts), 0
 
     def window_structures(self, num_tokens: int) -> dict[str, np.ndarray]:
-        """The boundary arrays :meth:`exposures` queries, to persist at build time
-        (``IndexBuilder.finish(windows=...)``) so that window counts are fast."""
-        out: dict[str, np.ndarray] = {}
-        for p, b in enumerate(self._pass_bounds(num_tokens)):
-            u = np.unique(b)
-            if len(u) >= 2:
-                out[self.name if p == 0 else f"{self.name}@pass{p + 1}"] = u
-        return out
+        """The boundaries :meth:`exposures` queries, to persist at build time (``IndexBuilder(windows=...)``)
+        so that window counts cost the same however often a phrase occurs."""
+        u = self._count_points(num_tokens)[0]
+        return {self.name: u} if len(u) >= 2 else {}
 
     def exposures(self, index: _Index, phrases: Sequence[Sequence[int]]) -> np.ndarray:
         """int64 ``[n_phrases, len(checkpoints)]``: occurrences trained in each checkpoint window
         (window k = steps ``[c_{k-1}, c_k)``, every pass over the data counted)."""
         n = len(phrases)
-        total = np.zeros((n, len(self.checkpoints)), dtype=np.int64)
         if n == 0:
-            return total
-        for b in self._pass_bounds(int(index.num_tokens)):
-            u = np.unique(b)
-            if len(u) < 2:
-                continue
+            return np.zeros((0, len(self.checkpoints)), dtype=np.int64)
+        u, virt, at, et = self._count_points(int(index.num_tokens))
+        cum = np.zeros((n, len(u)), dtype=np.int64)  # F(u_j): occurrences at offsets < u_j
+        if len(u) >= 2:
             counts = np.asarray(index.window_counts(phrases, u), dtype=np.int64)
-            # cumulative occurrences below each unique boundary; C(u[0]) = 0 because u[0] is 0 or the
-            # lowest boundary of this pass (nothing below it belongs to the pass)
-            cum = np.zeros((n, len(u)), dtype=np.int64)
             np.cumsum(counts, axis=1, out=cum[:, 1:])
-            pos = np.searchsorted(u, b)
-            at = cum[:, pos]
-            total += at[:, 1:] - at[:, :-1]
-        return total
+        g = cum[:, at]
+        if et:
+            per_pass = cum[:, [int(np.searchsorted(u, min(et, int(index.num_tokens))))]]
+            g = g + (virt // et)[None, :] * per_pass
+        return np.diff(g, axis=1)
 
     def describe(self) -> str:
         ck = self.checkpoints

@@ -7,6 +7,7 @@ that same tokenizer; :meth:`LoadedTokenizer.check_matches` refuses any other.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -171,7 +172,7 @@ def tokenizer_for_index(index: Any, override: str | os.PathLike[str] | None = No
         if cand.is_file():
             tok = load_tokenizer(cand)
             tok.check_matches(meta)
-            return tok
+            return dataclasses.replace(tok, name=str(rec.get("name") or tok.name))
     raise FileNotFoundError(
         f"index {index.path}: its tokenizer {rec.get('name')!r} is neither in the index directory nor at "
         f"{rec.get('source_path')}; pass --tokenizer"

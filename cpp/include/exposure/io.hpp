@@ -8,6 +8,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace exposure {
@@ -122,6 +123,28 @@ class FileWriter {
   std::vector<uint8_t> buf_;
   uint64_t written_ = 0;
   bool committed_ = false;
+};
+
+// An uninitialised array in anonymous memory that asks for transparent huge pages: suffix
+// sorting touches it at random, and 2 MiB pages spare most TLB misses. Move-only.
+template <class T>
+class HugeArray {
+ public:
+  explicit HugeArray(size_t n);
+  HugeArray(HugeArray&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)), bytes_(o.bytes_) {}
+  HugeArray(const HugeArray&) = delete;
+  HugeArray& operator=(const HugeArray&) = delete;
+  HugeArray& operator=(HugeArray&&) = delete;
+  ~HugeArray();
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  size_t size() const { return n_; }
+  T& operator[](size_t i) { return p_[i]; }
+  std::span<const T> span(size_t len) const { return {p_, len}; }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0, bytes_ = 0;
 };
 
 FileHeader make_header(FileKind kind, uint64_t count, uint32_t elem_bytes, uint32_t aux32 = 0);

@@ -25,6 +25,7 @@ class TypeBits {  // S-type = 1, L-type = 0
   explicit TypeBits(size_t n) : w_((n + 64) / 64, 0) {}
   bool s(size_t i) const { return (w_[i >> 6] >> (i & 63)) & 1; }
   void set_s(size_t i) { w_[i >> 6] |= uint64_t(1) << (i & 63); }
+  void prefetch(size_t i) const { __builtin_prefetch(&w_[i >> 6]); }
 
  private:
   std::vector<uint64_t> w_;
@@ -35,7 +36,17 @@ class Sais {
  public:
   static constexpr Idx kEmpty = std::numeric_limits<Idx>::max();
 
-  Sais(const Char* text, Idx* sa, Idx n, Idx sigma) : T_(text), SA_(sa), n_(n), sigma_(sigma), t_(n) {}
+  // `work`, when it has room for `sigma` entries, holds the bucket array (the recursion passes
+  // the unused middle of the caller's suffix array); otherwise the buckets are allocated.
+  Sais(const Char* text, Idx* sa, Idx n, Idx sigma, Idx* work = nullptr, size_t work_len = 0)
+      : T_(text), SA_(sa), n_(n), sigma_(sigma), t_(n) {
+    if (work != nullptr && work_len >= size_t(sigma)) {
+      bkt_ = work;
+    } else {
+      owned_.resize(size_t(sigma));
+      bkt_ = owned_.data();
+    }
+  }
 
   void run() {
     if (n_ == 0) return;
@@ -44,7 +55,7 @@ class Sais {
       return;
     }
     classify();
-    count_buckets();
+    check_alphabet();
     // Stage 1: sort LMS substrings by inducing from LMS positions placed in arbitrary order.
     std::fill(SA_, SA_ + n_, kEmpty);
     bucket_ends();
@@ -61,7 +72,12 @@ class Sais {
     Idx names = 0;
     Idx prev = kEmpty;
     for (Idx i = 0; i < n1; ++i) {
+      if (i + kNear < n1) {
+        __builtin_prefetch(&T_[SA_[i + kNear]]);
+        t_.prefetch(SA_[i + kNear]);
+      }
       const Idx p = SA_[i];
+      if (i + kNear < n1) __builtin_prefetch(&SA_[n1 + SA_[i + kNear] / 2], 1);
       if (prev == kEmpty || !equal_lms(prev, p)) ++names;
       prev = p;
       SA_[n1 + p / 2] = names - 1;
@@ -72,7 +88,8 @@ class Sais {
     // Stage 2: sort the reduced string s1 = SA[n - n1, n) into SA[0, n1).
     Idx* s1 = SA_ + n_ - n1;
     if (names < n1) {
-      Sais<Idx, Idx>(s1, SA_, n1, names).run();
+      // The recursion's buckets go to the unused middle of SA when it is large enough.
+      Sais<Idx, Idx>(s1, SA_, n1, names, SA_ + n1, size_t(n_ - 2 * n1)).run();
     } else {
       for (Idx i = 0; i < n1; ++i) SA_[s1[i]] = i;
     }
@@ -80,10 +97,14 @@ class Sais {
     j = 0;
     for (Idx i = 1; i < n_; ++i)
       if (is_lms(i)) s1[j++] = i;
-    for (Idx i = 0; i < n1; ++i) SA_[i] = s1[SA_[i]];
+    for (Idx i = 0; i < n1; ++i) {
+      if (i + kNear < n1) __builtin_prefetch(&s1[SA_[i + kNear]]);
+      SA_[i] = s1[SA_[i]];
+    }
     std::fill(SA_ + n1, SA_ + n_, kEmpty);
     bucket_ends();
     for (Idx i = n1; i > 0; --i) {
+      if (i > kNear) __builtin_prefetch(&T_[SA_[i - 1 - kNear]]);
       const Idx p = SA_[i - 1];
       SA_[i - 1] = kEmpty;
       SA_[--bkt_[T_[p]]] = p;
@@ -103,39 +124,56 @@ class Sais {
     }
   }
 
-  void count_buckets() {
-    cnt_.assign(static_cast<size_t>(sigma_), 0);
-    for (Idx i = 0; i < n_; ++i) {
+  void check_alphabet() const {
+    for (Idx i = 0; i < n_; ++i)
       if (static_cast<Idx>(T_[i]) >= sigma_) throw std::invalid_argument("symbol outside the alphabet");
-      ++cnt_[T_[i]];
-    }
-    bkt_.resize(static_cast<size_t>(sigma_));
+  }
+
+  // Bucket counts are recomputed from the text each time (a sequential pass) rather than kept:
+  // that halves the memory of the recursion, whose alphabet can be a third of the text.
+  void count() {
+    std::fill(bkt_, bkt_ + sigma_, Idx(0));
+    for (Idx i = 0; i < n_; ++i) ++bkt_[T_[i]];
   }
 
   void bucket_starts() {
+    count();
     Idx sum = 0;
-    for (size_t c = 0; c < cnt_.size(); ++c) {
+    for (Idx c = 0; c < sigma_; ++c) {
+      const Idx k = bkt_[c];
       bkt_[c] = sum;
-      sum += cnt_[c];
+      sum += k;
     }
   }
 
   void bucket_ends() {
+    count();
     Idx sum = 0;
-    for (size_t c = 0; c < cnt_.size(); ++c) {
-      sum += cnt_[c];
+    for (Idx c = 0; c < sigma_; ++c) {
+      sum += bkt_[c];
       bkt_[c] = sum;
     }
   }
 
+  // Induction scans SA in order and writes to bucket heads/tails at random: the cost is cache
+  // misses. Two-stage software prefetch: far ahead, the text symbol (and type bit) of the entry's
+  // predecessor; nearer, the SA slot its bucket pointer currently designates.
+  static constexpr Idx kFar = 64, kNear = 32;
+
   void induce_l() {
     bucket_starts();
     SA_[bkt_[T_[n_ - 1]]++] = n_ - 1;  // induced by the sentinel
-    constexpr Idx kAhead = 16;
     for (Idx i = 0; i < n_; ++i) {
-      if (i + kAhead < n_) {
-        const Idx q = SA_[i + kAhead];
-        if (q != kEmpty && q > 0) __builtin_prefetch(&T_[q - 1]);
+      if (i + kFar < n_) {
+        const Idx q = SA_[i + kFar];
+        if (q != kEmpty && q > 0) {
+          __builtin_prefetch(&T_[q - 1]);
+          t_.prefetch(q - 1);
+        }
+      }
+      if (i + kNear < n_) {
+        const Idx q = SA_[i + kNear];
+        if (q != kEmpty && q > 0) __builtin_prefetch(&SA_[bkt_[T_[q - 1]]], 1);
       }
       const Idx j = SA_[i];
       if (j != kEmpty && j > 0 && !t_.s(j - 1)) SA_[bkt_[T_[j - 1]]++] = j - 1;
@@ -144,11 +182,17 @@ class Sais {
 
   void induce_s() {
     bucket_ends();
-    constexpr Idx kAhead = 16;
     for (Idx i = n_; i > 0; --i) {
-      if (i > kAhead) {
-        const Idx q = SA_[i - 1 - kAhead];
-        if (q != kEmpty && q > 0) __builtin_prefetch(&T_[q - 1]);
+      if (i > kFar) {
+        const Idx q = SA_[i - 1 - kFar];
+        if (q != kEmpty && q > 0) {
+          __builtin_prefetch(&T_[q - 1]);
+          t_.prefetch(q - 1);
+        }
+      }
+      if (i > kNear) {
+        const Idx q = SA_[i - 1 - kNear];
+        if (q != kEmpty && q > 0) __builtin_prefetch(&SA_[bkt_[T_[q - 1]] - 1], 1);
       }
       const Idx j = SA_[i - 1];
       if (j != kEmpty && j > 0 && t_.s(j - 1)) SA_[--bkt_[T_[j - 1]]] = j - 1;
@@ -173,7 +217,8 @@ class Sais {
   Idx n_;
   Idx sigma_;
   TypeBits t_;
-  std::vector<Idx> cnt_, bkt_;
+  std::vector<Idx> owned_;
+  Idx* bkt_ = nullptr;
 };
 
 }  // namespace detail

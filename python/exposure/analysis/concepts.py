@@ -5,12 +5,12 @@ and the bad sentence of pair ``i``:
 
 * **Probe**: logistic regression (standardized features) predicting good (1) vs bad (0) from one
   sentence's state; cross-validated with ``GroupKFold`` grouped by pair, so a pair's two sentences are
-  always in the same fold. Out-of-fold accuracy and ROC AUC; a 95 % interval for the accuracy from a
+  always in the same fold. Out-of-fold accuracy and ROC AUC; a 95% interval for the accuracy from a
   bootstrap over pairs.
 * **Dimension** of the difference vectors ``(g_i − b_i) / ||g_i − b_i||`` (unit length, so every pair
   counts once; pairs whose two states are identical contribute nothing): eigenvalues λ of their
   *uncentred* second-moment matrix, i.e. the subspace the differences span. Participation ratio
-  ``(Σλ)² / Σλ²`` (1 = a single direction) and the number of principal directions for 90 % of Σλ.
+  ``(Σλ)² / Σλ²`` (1 = a single direction) and the number of principal directions for 90% of Σλ.
 
 Before → after, per phenomenon and layer, over the same pairs:
 
@@ -33,6 +33,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import ThreadpoolController
 
 from .generalization import ALL
 from .stats import (
@@ -46,6 +47,15 @@ from .stats import (
 )
 
 MIN_PROBE_PAIRS = 4
+_THREADPOOLS: ThreadpoolController | None = None
+
+
+def _single_threaded_blas():
+    """Limit BLAS to one thread: multi-threaded BLAS makes these many small fits several times slower."""
+    global _THREADPOOLS
+    if _THREADPOOLS is None:
+        _THREADPOOLS = ThreadpoolController()
+    return _THREADPOOLS.limit(limits=1, user_api="blas")
 MIN_TEST_PAIRS = 10
 SIGNIFICANCE = 0.05
 
@@ -167,11 +177,12 @@ def probe(good: np.ndarray, bad: np.ndarray, n_splits: int = 5) -> ProbeResult:
     folds = probe_folds(n, n_splits)
     fold_all = np.concatenate([folds, folds])
     scores = np.empty(2 * n, dtype=np.float64)
-    for f in np.unique(folds):
-        test = fold_all == f
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-        model.fit(x[~test], y[~test])
-        scores[test] = model.decision_function(x[test])
+    with _single_threaded_blas():
+        for f in np.unique(folds):
+            test = fold_all == f
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+            model.fit(x[~test], y[~test])
+            scores[test] = model.decision_function(x[test])
     right = (scores > 0).astype(np.int64) == y
     auc = float(roc_auc_score(y, scores))
     return ProbeResult(float(right.mean()), auc, (right[:n].astype(float) + right[n:]) / 2.0, folds)

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .concepts import ConceptResult  # noqa: E402
 from .generalization import ALL, GROUP_LABELS, GROUPS, CurveSet, Delay, LagSummary  # noqa: E402
@@ -36,7 +37,7 @@ def _log_steps(ax: plt.Axes) -> None:
     ax.set_xlabel(STEP_LABEL)
 
 
-def _draw_curves(ax: plt.Axes, cs: CurveSet, delay: Delay, *, legend: bool) -> None:
+def _draw_curves(ax: plt.Axes, cs: CurveSet, delay: Delay, min_pairs: int, *, legend: bool) -> None:
     x = cs.steps + 1
     crossings = {"train": delay.train, "validation": delay.validation, "never": delay.never}
     for g in GROUPS:
@@ -44,9 +45,12 @@ def _draw_curves(ax: plt.Axes, cs: CurveSet, delay: Delay, *, legend: bool) -> N
             continue
         acc = cs.accuracy[g]
         ax.plot(x, acc, marker="o", ms=3, color=COLORS[g], label=f"{GROUP_LABELS[g]} (n≤{int(cs.n[g].max())})")
+        few = (cs.n[g] > 0) & (cs.n[g] < min_pairs)
+        if few.any():
+            ax.plot(x[few], acc[few], ls="none", marker="o", ms=6, mfc="white", mec=COLORS[g])
         ax.fill_between(x, cs.ci_low[g], cs.ci_high[g], color=COLORS[g], alpha=0.18, linewidth=0)
         c = crossings[g]
-        if c.step is not None:
+        if c.step is not None and c.above_chance:
             ax.axvline(c.step + 1, color=COLORS[g], ls="--", lw=1)
     ax.axhline(0.5, color="black", lw=0.7, ls=":", label="chance (0.5)")
     ax.set_ylim(-0.02, 1.02)
@@ -54,34 +58,36 @@ def _draw_curves(ax: plt.Axes, cs: CurveSet, delay: Delay, *, legend: bool) -> N
     _log_steps(ax)
     ax.grid(alpha=0.3)
     if legend:
-        ax.plot([], [], color="black", ls="--", lw=1, label="threshold step (dashed, colour = group)")
+        ax.plot([], [], color="black", ls="--", lw=1, label="threshold step (curves above chance)")
+        ax.plot([], [], ls="none", marker="o", ms=6, mfc="white", mec="black",
+                label=f"fewer than {min_pairs} pairs (not used for the threshold)")
         ax.legend(fontsize=8, loc="lower right")
 
 
-def plot_accuracy(cs: CurveSet, delay: Delay, path: Path, threshold: float) -> Path:
+def plot_accuracy(cs: CurveSet, delay: Delay, path: Path, threshold: float, min_pairs: int) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    _draw_curves(ax, cs, delay, legend=True)
+    _draw_curves(ax, cs, delay, min_pairs, legend=True)
     ax.set_title(
         f"Accuracy by exposure group, {cs.phenomenon if cs.phenomenon != ALL else 'all phenomena'} "
-        f"(shaded: bootstrap 95 % CI; dashed: first step at {threshold:.0%} of final accuracy)",
+        f"(shaded: bootstrap 95% CI; dashed: first step at {threshold:.0%} of final accuracy)",
         fontsize=10,
     )
     return _save(fig, path)
 
 
-def plot_accuracy_grid(curves: dict[str, CurveSet], delays: dict[str, Delay], path: Path) -> Path:
+def plot_accuracy_grid(curves: dict[str, CurveSet], delays: dict[str, Delay], path: Path, min_pairs: int) -> Path:
     names = [n for n in curves if n != ALL]
     cols = min(3, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
     for ax, name in zip(axes.ravel(), names):
-        _draw_curves(ax, curves[name], delays[name], legend=False)
+        _draw_curves(ax, curves[name], delays[name], min_pairs, legend=False)
         ax.set_title(name, fontsize=10)
     for ax in axes.ravel()[len(names) :]:
         ax.axis("off")
     handles = [Patch(color=COLORS[g], label=GROUP_LABELS[g]) for g in GROUPS]
     fig.legend(handles=handles, loc="upper center", ncol=3, fontsize=9, bbox_to_anchor=(0.5, 1.0))
-    fig.suptitle("Accuracy by exposure group, per phenomenon (shaded: bootstrap 95 % CI)", y=1.04)
+    fig.suptitle("Accuracy by exposure group, per phenomenon (shaded: bootstrap 95% CI)", y=1.04)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -115,9 +121,9 @@ def plot_threshold_steps(delays: dict[str, Delay], path: Path, threshold: float)
     _log_steps(ax)
     ax.set_ylabel("phenomenon")
     ax.grid(alpha=0.3, axis="x")
-    ax.set_title(f"Step at which each curve first reaches {threshold:.0%} of its final accuracy (bars: 95 % CI)")
+    ax.set_title(f"Step at which each curve first reaches {threshold:.0%} of its final accuracy (bars: 95% CI)")
     if plotted:
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
     else:
         ax.text(0.5, 0.5, "no curve reached its threshold", transform=ax.transAxes, ha="center")
     return _save(fig, path)
@@ -199,7 +205,7 @@ def plot_concept_layers(concepts: ConceptResult, path: Path) -> Path:
         ("probe_auc", "probe ROC AUC (0.5 = chance)", None, None),
         ("participation_ratio", "participation ratio of good − bad (dimensions)", "participation_ratio_ci_low",
          "participation_ratio_ci_high"),
-        ("components_90", "principal directions for 90 % of variance (count)", None, None),
+        ("components_90", "principal directions for 90% of variance (count)", None, None),
     ]
     for ax, (key, label, lo, hi) in zip(axes.ravel(), panels):
         for when, d in data.items():
@@ -210,10 +216,11 @@ def plot_concept_layers(concepts: ConceptResult, path: Path) -> Path:
         if key in ("probe_accuracy", "probe_auc"):
             ax.axhline(0.5, color="black", lw=0.7, ls=":", label="chance")
         ax.set_xlabel("layer (0 = embeddings)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Acceptability concept at the critical token, all phenomena, by layer (shaded: 95 % CI)")
+    fig.suptitle("Acceptability concept at the critical token, all phenomena, by layer (shaded: 95% CI)")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -253,19 +260,24 @@ def plot_concept_change(concepts: ConceptResult, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_head_heatmaps(heads: HeadResult, step_indices: list[int], path: Path, name: str = ALL) -> Path:
+def plot_head_heatmaps(
+    heads: HeadResult, step_indices: list[int], path: Path, name: str = ALL, labels: dict[int, str] | None = None
+) -> Path:
     m = heads.means[name]
     vmax = float(np.nanmax(m)) if np.isfinite(m).any() else 1.0
     fig, axes = plt.subplots(1, len(step_indices), figsize=(4.4 * len(step_indices) + 1, 0.3 * heads.n_layers + 2.5),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     im = None
     for ax, t in zip(axes[0], step_indices):
         im = ax.imshow(m[t], aspect="auto", cmap="viridis", vmin=0, vmax=vmax, origin="lower")
         for layer, head in heads.top[name][t]:
             ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
-        ax.set_title(f"step {int(heads.steps[t])}", fontsize=10)
+        label = labels.get(int(heads.steps[t]), "") if labels else ""
+        ax.set_title(f"step {int(heads.steps[t])}{f' ({label})' if label else ''}", fontsize=10)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].legend(handles=[Patch(fill=False, ec="red", label=f"top-{heads.top_k} heads")], loc="upper right",
                       fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(), label="mean attention weight critical → context (0–1)")

@@ -13,7 +13,8 @@ resample stay consistent).
 *Threshold step* of a curve: the first checkpoint at which its accuracy reaches ``threshold`` × its
 final accuracy (the accuracy at its last checkpoint). Only checkpoints where the group has at least
 ``min_pairs`` pairs count, for the threshold and for "final", so a curve cannot "reach" it on two lucky
-pairs.
+pairs. A curve that ends at chance (final accuracy's 95% CI includes 0.5) never reaches it: it has
+learned nothing, and "90% of chance" would be met at once.
 
 *Learned at* (per pair): the first checkpoint from which the pair is scored correct at that checkpoint
 and every later one; "never" when it is wrong at the last checkpoint. A pair correct at every checkpoint
@@ -75,7 +76,7 @@ def accuracy_curves(
     n_boot: int,
     rng: np.random.Generator,
 ) -> CurveSet:
-    """Accuracy of each group at each checkpoint with bootstrap (over pairs) 95 % intervals."""
+    """Accuracy of each group at each checkpoint with bootstrap (over pairs) 95% intervals."""
     correct = np.asarray(correct, dtype=bool)
     steps = np.asarray(steps, dtype=np.int64)
     members = group_membership(first_step, steps)
@@ -147,6 +148,7 @@ class Crossing:
     final_accuracy: float
     final_ci_low: float
     final_ci_high: float
+    above_chance: bool
     threshold_accuracy: float
     step: int | None
     step_ci_low: float
@@ -155,31 +157,37 @@ class Crossing:
     at_first_point: bool
     boot_steps: np.ndarray = field(repr=False)
 
-    @property
-    def above_chance(self) -> bool:
-        """Whether the final accuracy's 95 % interval lies above 0.5 (a real, learned curve)."""
-        return bool(np.isfinite(self.final_ci_low) and self.final_ci_low > 0.5)
-
 
 def crossing(curves: CurveSet, group: str, threshold: float, min_pairs: int) -> Crossing:
-    """Threshold step of one group's curve, with a bootstrap interval."""
+    """Threshold step of one group's curve, with a bootstrap interval.
+
+    A curve whose final accuracy is not above chance (its 95% interval includes 0.5; without a
+    bootstrap: final <= 0.5) has not learned anything, so it gets no threshold step ("never"); the same
+    holds for each bootstrap resample whose final accuracy is <= 0.5.
+    """
     steps = curves.steps
     valid = curves.n[group] >= max(1, min_pairs)
+    boot = curves.boot[group]
     idx, final = first_reach(curves.accuracy[group], valid, threshold)
+    valid_idx = np.flatnonzero(valid)
+    final_idx = int(valid_idx[-1]) if len(valid_idx) else -1
+    if final_idx >= 0 and boot.shape[0] > 0:
+        f_low, f_high = percentile_ci(boot[:, final_idx])
+    else:
+        f_low, f_high = np.nan, np.nan
+    above = bool(f_low > 0.5) if np.isfinite(f_low) else bool(np.isfinite(final) and final > 0.5)
+    boot_idx, boot_final = first_reach(boot, valid, threshold)
+    if not above:
+        idx = -1
+        boot_idx = np.full_like(boot_idx, -1)
+    boot_idx = np.where(boot_final > 0.5, boot_idx, -1)
     idx = int(idx)
-    boot_idx, _ = first_reach(curves.boot[group], valid, threshold)
     boot_steps = np.where(boot_idx >= 0, steps[np.maximum(boot_idx, 0)], -1).astype(np.int64)
     defined = boot_steps >= 0
     if defined.any():
         low, high = percentile_ci(boot_steps[defined].astype(np.float64))
     else:
         low, high = np.nan, np.nan
-    valid_idx = np.flatnonzero(valid)
-    final_idx = int(valid_idx[-1]) if len(valid_idx) else -1
-    if final_idx >= 0 and curves.boot[group].shape[0] > 0:
-        f_low, f_high = percentile_ci(curves.boot[group][:, final_idx])
-    else:
-        f_low, f_high = np.nan, np.nan
     return Crossing(
         phenomenon=curves.phenomenon,
         group=group,
@@ -188,6 +196,7 @@ def crossing(curves: CurveSet, group: str, threshold: float, min_pairs: int) -> 
         final_accuracy=float(final),
         final_ci_low=float(f_low),
         final_ci_high=float(f_high),
+        above_chance=above,
         threshold_accuracy=float(threshold * final) if np.isfinite(final) else float("nan"),
         step=int(steps[idx]) if idx >= 0 else None,
         step_ci_low=float(low),

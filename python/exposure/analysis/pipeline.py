@@ -122,20 +122,20 @@ def analyze(
         "Delayed generalization",
         summarize_generalization(g),
         figures=[
-            (figures.plot_accuracy(g.curves[ALL], g.overall, fig("accuracy_overall.png"), threshold),
+            (figures.plot_accuracy(g.curves[ALL], g.overall, fig("accuracy_overall.png"), threshold, min_pairs),
              "Accuracy over checkpoints for proxy-train, proxy-validation and the never-exposed control, all phenomena; "
-             f"shaded bands are bootstrap 95 % CIs over pairs; dashed lines mark the first step at {pct} of final accuracy."),
+             f"shaded bands are bootstrap 95% CIs over pairs; dashed lines mark the first step at {pct} of final accuracy."),
         ],
         tables=[delay_table(g)],
     )
     if len(g.curves) > 1:
         gen_section.figures.append(
-            (figures.plot_accuracy_grid(g.curves, g.delays, fig("accuracy_by_phenomenon.png")),
+            (figures.plot_accuracy_grid(g.curves, g.delays, fig("accuracy_by_phenomenon.png"), min_pairs),
              "The same curves per phenomenon.")
         )
     gen_section.figures += [
         (figures.plot_threshold_steps(g.delays, fig("threshold_steps.png"), threshold),
-         f"Threshold step (first checkpoint at {pct} of final accuracy) of each curve per phenomenon with 95 % CIs."),
+         f"Threshold step (first checkpoint at {pct} of final accuracy) of each curve per phenomenon with 95% CIs."),
         (figures.plot_learned_vs_exposure(g.lags, fig("learned_vs_exposure.png")),
          "Per pair: the checkpoint from which it stays correct vs the step its critical phrase was first trained on."),
         (figures.plot_lag_distribution(g.lags, fig("lag_distribution.png")),
@@ -156,7 +156,7 @@ def analyze(
         con_section.figures.append(
             (figures.plot_concept_layers(concepts, fig("concept_layers.png")),
              "Per layer, all phenomena: grouped-by-pair cross-validated probe accuracy and AUC, and the dimension of the "
-             "good − bad difference vectors (participation ratio; principal directions for 90 % of variance).")
+             "good − bad difference vectors (participation ratio; principal directions for 90% of variance).")
         )
     if choice.comparable:
         con_section.figures.append(
@@ -169,9 +169,14 @@ def analyze(
 
     head_section = Section("Attention heads", summarize_heads(heads, choice.steps))
     if heads is not None:
+        step_labels = {int(heads.steps[0]): "first", int(heads.steps[-1]): "last"}
+        if choice.before is not None:
+            step_labels[choice.before] = "before"
+        if choice.after is not None:
+            step_labels[choice.after] = "after"
         show = sorted({0, len(heads.steps) - 1} | {int(i) for s in choice.steps for i in np.flatnonzero(heads.steps == s)})
         head_section.figures += [
-            (figures.plot_head_heatmaps(heads, show, fig("head_heatmaps.png")),
+            (figures.plot_head_heatmaps(heads, show, fig("head_heatmaps.png"), labels=step_labels),
              "Mean attention from the critical to the context token per layer × head (red boxes: top heads)."),
             (figures.plot_head_concentration(heads, fig("head_concentration.png")),
              "Concentration of that attention across heads over checkpoints."),
@@ -190,7 +195,7 @@ def analyze(
         "Groups at checkpoint S (re-evaluated at every checkpoint, f = first_step_good): proxy-train 0 ≤ f < S; "
         "proxy-validation f ≥ S (seen later in the run); never exposed f = −1 (the same pairs throughout: a fixed control). "
         "Checkpoint S has trained on steps < S.",
-        "95 % confidence intervals: percentile bootstrap over pairs (a pair is resampled with all its checkpoints).",
+        "95% confidence intervals: percentile bootstrap over pairs (a pair is resampled with all its checkpoints).",
         f"Threshold step: the first checkpoint at which a curve reaches {pct} of its accuracy at its last checkpoint, "
         f"counting only checkpoints where the group has at least {min_pairs} pairs. Delay = proxy-validation step − "
         "proxy-train step.",
@@ -202,7 +207,7 @@ def analyze(
         "GroupKFold (5 folds, grouped by pair: a pair's two sentences are never split across folds); out-of-fold "
         f"accuracy and ROC AUC; at most {max_concept_pairs} pairs per phenomenon.",
         "Dimension: unit-normalised good − bad difference vectors; eigenvalues of their uncentred second-moment "
-        "matrix; participation ratio (Σλ)²/Σλ² and the number of directions for 90 % of Σλ.",
+        "matrix; participation ratio (Σλ)²/Σλ² and the number of directions for 90% of Σλ.",
         "Before/after tests per phenomenon and layer on the same pairs: probe — paired sign-flip permutation test on "
         "per-pair out-of-fold correctness; participation ratio — paired bootstrap. Benjamini–Hochberg over all "
         f"phenomenon × layer tests (q < 0.05 = significant); no test with fewer than {concepts_mod.MIN_TEST_PAIRS} pairs.",

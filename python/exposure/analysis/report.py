@@ -26,10 +26,10 @@ def _num(x: float | None, digits: int = 2) -> str:
 
 def _ci(low: float, high: float, digits: int = 0, unit: str = "") -> str:
     if not (np.isfinite(low) and np.isfinite(high)):
-        return "95 % CI n/a"
+        return "95% CI n/a"
     if digits == 0:
-        return f"95 % CI {low:,.0f}–{high:,.0f}{unit}"
-    return f"95 % CI {low:.{digits}f}–{high:.{digits}f}{unit}"
+        return f"95% CI {low:,.0f}–{high:,.0f}{unit}"
+    return f"95% CI {low:.{digits}f}–{high:.{digits}f}{unit}"
 
 
 def _p(p: float | None) -> str:
@@ -48,7 +48,9 @@ def _crossing_text(c: Crossing, threshold: float, min_pairs: int) -> str:
         f"{label} (n = {c.n_distinct}) ends at accuracy {_num(c.final_accuracy)} "
         f"({_ci(c.final_ci_low, c.final_ci_high, 2)}) at step {c.final_step:,}"
     )
-    if c.step is None:
+    if c.step is None and not c.above_chance:
+        text = f"{head}: not above chance, so it has no threshold step (never learned)"
+    elif c.step is None:
         text = f"{head} and never reached {threshold:.0%} of it"
     else:
         text = (
@@ -56,8 +58,6 @@ def _crossing_text(c: Crossing, threshold: float, min_pairs: int) -> str:
             f"({_ci(c.step_ci_low, c.step_ci_high)}, reached in {c.boot_defined:.0%} of bootstrap resamples)"
         )
     caveats = []
-    if not c.above_chance:
-        caveats.append("its final accuracy is not above chance (its CI includes 0.5), so its threshold step says little")
     if c.at_first_point:
         caveats.append(f"it was already at the threshold at its first checkpoint with ≥ {min_pairs} pairs: no transition is seen")
     if caveats:
@@ -69,12 +69,18 @@ def delay_sentence(d: Delay, threshold: float) -> str:
     """The headline: when each curve reached the threshold and the gap between them."""
     who = "All phenomena" if d.phenomenon == ALL else d.phenomenon
     if d.delay is None:
-        missing = [
-            GROUP_LABELS[c.group].split(" (")[0]
-            for c in (d.train, d.validation)
-            if c.step is None
-        ]
-        return f"{who}: no delay can be measured because {' and '.join(missing)} never reached {threshold:.0%} of its final accuracy."
+        reasons = []
+        for c in (d.train, d.validation):
+            name = GROUP_LABELS[c.group].split(" (")[0]
+            if c.n_distinct == 0:
+                reasons.append(f"{name} has no pairs")
+            elif c.final_step is None:
+                reasons.append(f"{name} never has enough pairs at a checkpoint")
+            elif not c.above_chance:
+                reasons.append(f"{name} ends at chance (accuracy {_num(c.final_accuracy)})")
+            elif c.step is None:
+                reasons.append(f"{name} never reached {threshold:.0%} of its final accuracy")
+        return f"{who}: no delay can be measured because {' and '.join(reasons)}."
     direction = "later" if d.delay > 0 else ("earlier" if d.delay < 0 else "at the same checkpoint")
     text = (
         f"{who}: proxy-train reached {threshold:.0%} of its final accuracy at step {d.train.step:,}, "
@@ -96,11 +102,21 @@ def summarize_generalization(g: GeneralizationResult) -> list[str]:
     nv, va = d.never, d.validation
     if nv.n_distinct == 0:
         out.append("There are no never-exposed pairs, so there is no fixed control.")
-    elif nv.step is not None and va.step is not None:
+    elif not nv.above_chance:
+        out.append(
+            f"Control: the never-exposed pairs end at accuracy {_num(nv.final_accuracy)}, not above chance: "
+            "without exposure there is no learning to compare with."
+        )
+    elif nv.step is not None and va.step is not None and not nv.at_first_point:
         rel = "before" if nv.step < va.step else ("at the same step as" if nv.step == va.step else "after")
         out.append(
-            f"Control: the never-exposed pairs reached their threshold at step {nv.step:,}, {rel} proxy-validation "
-            f"(step {va.step:,}); a rise shared with pairs that are never seen is not caused by exposure."
+            f"Control: the never-exposed pairs rose too and reached their threshold at step {nv.step:,}, {rel} "
+            f"proxy-validation (step {va.step:,}); what they share with proxy-validation is not caused by exposure."
+        )
+    else:
+        out.append(
+            f"Control: the never-exposed pairs end above chance (accuracy {_num(nv.final_accuracy)}) "
+            + ("and were already there at the first checkpoint." if nv.at_first_point else "without reaching their threshold.")
         )
     per = [x for name, x in g.delays.items() if name != ALL]
     measured = [x for x in per if x.delay is not None]
@@ -111,7 +127,7 @@ def summarize_generalization(g: GeneralizationResult) -> list[str]:
             sig = [x for x in measured if np.isfinite(x.ci_low) and x.ci_low > 0]
             largest = max(measured, key=lambda x: x.delay)
             text += (
-                f"; it is positive in {len(pos)} and its 95 % CI excludes 0 (delay > 0) in {len(sig)}; the largest is "
+                f"; it is positive in {len(pos)} and its 95% CI excludes 0 (delay > 0) in {len(sig)}; the largest is "
                 f"{largest.phenomenon} ({largest.delay:,} steps, {_ci(largest.ci_low, largest.ci_high)})"
             )
         out.append(text + ".")
@@ -157,7 +173,7 @@ def summarize_concepts(c: ConceptResult) -> list[str]:
         if flat is not None:
             text += (
                 f"; the good − bad differences are most concentrated at layer {flat['layer']}: participation ratio "
-                f"{_num(flat['participation_ratio'], 1)}, {flat['components_90']} direction(s) for 90 % of the variance"
+                f"{_num(flat['participation_ratio'], 1)}, {flat['components_90']} direction(s) for 90% of the variance"
             )
         out.append(text + ".")
     ch = [r for r in c.changes.to_pylist() if r["phenomenon"] == ALL]
@@ -314,7 +330,7 @@ def render_html(title: str, meta: list[str], sections: list[Section], methods: l
 
 def delay_table(g: GeneralizationResult) -> tuple[str, list[str], list[list[str]]]:
     header = ["phenomenon", "pairs (train/val/never, max)", "proxy-train step", "proxy-validation step",
-              "never-exposed step", "delay (steps)", "delay 95 % CI"]
+              "never-exposed step", "delay (steps)", "delay 95% CI"]
     rows = []
     for name, d in g.delays.items():
         cs = g.curves[name]
@@ -327,7 +343,7 @@ def delay_table(g: GeneralizationResult) -> tuple[str, list[str], list[list[str]
                 _step(d.validation.step).replace("step ", ""),
                 _step(d.never.step).replace("step ", ""),
                 "n/a" if d.delay is None else f"{d.delay:,}",
-                _ci(d.ci_low, d.ci_high).replace("95 % CI ", ""),
+                _ci(d.ci_low, d.ci_high).replace("95% CI ", ""),
             ]
         )
     return ("Threshold steps and delays per phenomenon", header, rows)

@@ -100,10 +100,10 @@ def gini(values: np.ndarray) -> float:
     """Gini coefficient of non-negative values: 0 = all equal, (n-1)/n = all mass in one."""
     x = np.sort(np.asarray(values, dtype=np.float64).ravel())
     x = x[np.isfinite(x)]
-    if len(x) == 0 or x.sum() <= 0:
-        return float("nan")
     if np.any(x < 0):
         raise ValueError("gini: values must be non-negative")
+    if len(x) == 0 or x.sum() <= 0:
+        return float("nan")
     n = len(x)
     ranks = np.arange(1, n + 1)
     return float(np.sum((2 * ranks - n - 1) * x) / (n * x.sum()))

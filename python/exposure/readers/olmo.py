@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from exposure.readers import Chunk, CorpusError
 
@@ -107,7 +108,7 @@ def read_global_indices(path: str | Path) -> np.ndarray:
     return np.memmap(path, dtype="<u4", mode="r")
 
 
-def check_permutation(indices: np.ndarray, n: int, path: Path | str, block: int = 1 << 24) -> None:
+def check_permutation(indices: np.ndarray, n: int, path: Path | str, block: int = 1 << 24, progress: bool = False) -> None:
     """Raise :class:`CorpusError` unless ``indices`` is a permutation of ``0..n-1``."""
     if len(indices) != n:
         raise CorpusError(
@@ -115,7 +116,10 @@ def check_permutation(indices: np.ndarray, n: int, path: Path | str, block: int 
             f"it is not a permutation of the instances (wrong files, order or sequence length?)"
         )
     seen = np.zeros(n, dtype=bool)
+    bar = tqdm(total=n, unit="inst", unit_scale=True, desc="check global indices", disable=not progress or n < block,
+               dynamic_ncols=True)
     for lo in range(0, n, block):
+        bar.update(min(block, n - lo))
         b = np.asarray(indices[lo : lo + block]).astype(np.int64)
         if b.size and (int(b.min()) < 0 or int(b.max()) >= n):
             j = int(np.argmax((b < 0) | (b >= n)))
@@ -128,6 +132,7 @@ def check_permutation(indices: np.ndarray, n: int, path: Path | str, block: int 
             vals, counts = np.unique(b, return_counts=True)
             raise CorpusError(f"{path}: instance {int(vals[np.argmax(counts > 1)])} appears more than once")
         seen[b] = True
+    bar.close()
     if not seen.all():
         raise CorpusError(f"{path}: instance {int(np.argmin(seen))} never appears")
 
@@ -159,6 +164,7 @@ class OlmoReader:
         global_indices: str | Path | None = None,
         drop_repetitive: bool = False,
         filler_id: int | None = None,
+        progress: bool = False,
     ) -> None:
         self.token_files = [Path(p) for p in token_files]
         if not self.token_files:
@@ -185,7 +191,7 @@ class OlmoReader:
         self.global_indices_path = None if global_indices is None else Path(global_indices)
         if self.global_indices_path is not None:
             self.order = read_global_indices(self.global_indices_path)
-            check_permutation(self.order, self.total_instances, self.global_indices_path)
+            check_permutation(self.order, self.total_instances, self.global_indices_path, progress=progress)
         else:
             self.order = None
         self.drop_repetitive = drop_repetitive

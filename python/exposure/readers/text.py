@@ -33,6 +33,7 @@ import itertools
 import json
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,41 +90,65 @@ def text_kind(path: str | Path) -> str:
     raise CorpusError(f"{p}: not a .txt, .jsonl (optionally .gz/.zst) or .parquet file")
 
 
-def _open_binary(path: Path) -> IO[bytes]:
+class ReadPosition:
+    """Bytes of the source files consumed so far (compressed bytes for .gz/.zst), for progress bars."""
+
+    def __init__(self) -> None:
+        self.done = 0  # bytes of the files already finished
+        self._current: Any = None  # callable -> bytes of the current file consumed
+
+    def now(self) -> int:
+        cur = self._current
+        try:
+            return self.done + (int(cur()) if cur is not None else 0)
+        except (OSError, ValueError):
+            return self.done
+
+
+def _open_binary(path: Path) -> tuple[IO[bytes], IO[bytes]]:
+    """(decompressed stream, underlying raw file)."""
     _, comp = _strip_compression(path)
+    raw = open(path, "rb")
     if comp == ".gz":
-        return gzip.open(path, "rb")
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
     if comp == ".zst":
         import zstandard
 
-        raw = open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), buffer_size=1 << 20)
-    return open(path, "rb", buffering=1 << 20)
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw), buffer_size=1 << 20), raw
+    return raw, raw
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def _lines(path: Path, position: ReadPosition | None = None) -> Iterator[tuple[int, str]]:
     """(line number, decoded line without its line break); undecodable UTF-8 names file and line."""
     try:
-        with _open_binary(path) as f:
-            for lineno, raw in enumerate(f, 1):
+        f, raw = _open_binary(path)
+        with raw, f:
+            if position is not None:
+                position._current = raw.tell
+            for lineno, line_bytes in enumerate(f, 1):
                 try:
-                    line = raw.decode("utf-8")
+                    line = line_bytes.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise CorpusError(f"{path}:{lineno}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
                 if line.endswith("\n"):
                     line = line[:-2] if line.endswith("\r\n") else line[:-1]
                 yield lineno, line
-    except (OSError, EOFError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise CorpusError(f"{path}: cannot read ({exc})") from None
-    except Exception as exc:  # zstandard.ZstdError and friends
-        if isinstance(exc, CorpusError):
-            raise
+    except CorpusError:
+        raise
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # OSError, EOFError, gzip.BadGzipFile, zstandard.ZstdError, ...
         raise CorpusError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+    finally:
+        if position is not None:
+            position._current = None
+    if position is not None:
+        position.done += path.stat().st_size
 
 
-def iter_documents(path: str | Path, unit: str = "line", text_field: str = "text") -> Iterator[str]:
+def iter_documents(
+    path: str | Path, unit: str = "line", text_field: str = "text", position: ReadPosition | None = None
+) -> Iterator[str]:
     """The documents of one source file, in file order (see the module docstring)."""
     p = Path(path)
     if not p.is_file():
@@ -133,12 +158,12 @@ def iter_documents(path: str | Path, unit: str = "line", text_field: str = "text
         raise ValueError(f"unknown text unit {unit!r}; use one of {UNITS}")
     if kind == "txt":
         if unit == "line":
-            for _, line in _lines(p):
+            for _, line in _lines(p, position):
                 if line.strip():
                     yield line
         else:
             para: list[str] = []
-            for _, line in _lines(p):
+            for _, line in _lines(p, position):
                 if line.strip():
                     para.append(line)
                 elif para:
@@ -147,7 +172,7 @@ def iter_documents(path: str | Path, unit: str = "line", text_field: str = "text
             if para:
                 yield "\n".join(para)
     elif kind == "jsonl":
-        for lineno, line in _lines(p):
+        for lineno, line in _lines(p, position):
             if not line.strip():
                 continue
             try:
@@ -173,7 +198,11 @@ def iter_documents(path: str | Path, unit: str = "line", text_field: str = "text
         names = pf.schema_arrow.names
         if text_field not in names:
             raise CorpusError(f"{p}: no column {text_field!r} (columns: {', '.join(names)}); use --text-field")
+        size, rows, done = p.stat().st_size, max(1, pf.metadata.num_rows), 0
         for batch in pf.iter_batches(columns=[text_field], batch_size=8192):
+            done += batch.num_rows
+            if position is not None:
+                position._current = lambda d=done: size * d // rows
             col = batch.column(0)
             for value in col.to_pylist():
                 if value is None:
@@ -182,21 +211,25 @@ def iter_documents(path: str | Path, unit: str = "line", text_field: str = "text
                     raise CorpusError(f"{p}: column {text_field!r} holds {type(value).__name__} values, not strings")
                 if value.strip():
                     yield value
+        if position is not None:
+            position._current = None
+            position.done += size
 
 
 def _batches(paths: Sequence[Path], unit: str, text_field: str, batch_chars: int) -> Iterator[tuple[list[str], int]]:
     """Documents in batches of about ``batch_chars`` characters, with the source bytes consumed so far."""
     docs: list[str] = []
     chars = 0
+    position = ReadPosition()
     for path in paths:
-        for doc in iter_documents(path, unit, text_field):
+        for doc in iter_documents(path, unit, text_field, position):
             docs.append(doc)
             chars += len(doc)
             if chars >= batch_chars:
-                yield docs, chars
+                yield docs, position.now()
                 docs, chars = [], 0
     if docs:
-        yield docs, chars
+        yield docs, position.now()
 
 
 def _prefetch(it: Iterator[Any], depth: int = 2) -> Iterator[Any]:
@@ -272,16 +305,20 @@ def tokenize_corpus(
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such file")
         text_kind(p)
-    dtype = index_dtype_for(max(tokenizer.vocab_size - 1, tokenizer.eos_id))
+    # the index keeps the id just above the vocabulary as its item separator, so that id must fit too
+    dtype = index_dtype_for(max(tokenizer.vocab_size, tokenizer.eos_id + 1))
     eos = tokenizer.eos_id
     lengths: list[np.ndarray] = []
     total_bytes = sum(p.stat().st_size for p in srcs)
+    # progress in source bytes (so the bar has an ETA), with the token rate alongside
     bar = tqdm(
-        total=None, unit="tok", unit_scale=True, desc="tokenize", disable=not progress, dynamic_ncols=True,
-        postfix={"of": f"{total_bytes / 1e6:.0f} MB of files"},
+        total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="tokenize",
+        disable=not progress, dynamic_ncols=True,
     )
+    t0 = time.perf_counter()
+    n_tokens = 0
     with open(tokens_path, "wb") as out:
-        for docs, _chars in _prefetch(_batches(srcs, unit, text_field, batch_chars)):
+        for docs, read_bytes in _prefetch(_batches(srcs, unit, text_field, batch_chars)):
             encs = tokenizer.tokenizer.encode_batch_fast(docs, add_special_tokens=False)
             ids = [e.ids for e in encs]
             lens = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
@@ -291,7 +328,11 @@ def tokenize_corpus(
             )
             out.write(flat.tobytes())
             lengths.append(lens)
-            bar.update(n)
+            n_tokens += n
+            bar.update(max(0, min(read_bytes, total_bytes) - bar.n))
+            rate = n_tokens / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix_str(f"{n_tokens:,} tok, {rate:,.0f} tok/s", refresh=False)
+    bar.update(total_bytes - bar.n)
     bar.close()
     doc_lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
     return TokenizedCorpus(Path(tokens_path), doc_lengths, dtype)

@@ -14,8 +14,8 @@ from exposure.scoring.attention import AttentionRowRecorder, UnsupportedModelErr
 from exposure.scoring.batching import Batch, make_batch
 from exposure.scoring.pairs import EncodedPairs
 
-LOGIT_CHUNK_ELEMENTS = 1 << 25
-"""Rows of the vocabulary projection are computed in chunks of at most this many logits (128 MiB in float32)."""
+LOGIT_CHUNK_ELEMENTS = 1 << 26
+"""Rows of the vocabulary projection are computed in chunks of at most this many logits (256 MiB in float32)."""
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,8 @@ def token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.T
     vocab = int(head.weight.shape[0])
     step = max(1, LOGIT_CHUNK_ELEMENTS // vocab)
     for start in range(0, hidden.shape[0], step):
-        logits = head(hidden[start : start + step]).float()
-        target = targets[start : start + step, None]
-        out[start : start + step] = (logits.gather(1, target) - torch.logsumexp(logits, dim=1, keepdim=True))[:, 0]
+        logp = torch.log_softmax(head(hidden[start : start + step]).float(), dim=1)
+        out[start : start + step] = logp.gather(1, targets[start : start + step, None])[:, 0]
     return out
 
 

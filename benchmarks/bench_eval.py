@@ -1,0 +1,214 @@
+"""Benchmark ``exposure eval`` against lm-evaluation-harness's BLiMP scoring path, same model, data and machine.
+
+The model has random weights in a public shape (``tiny``: 2 layers x 64; ``pythia-160m``: 12 layers x 768, 12
+heads, rotary 25%, parallel residual, vocabulary 50,304), saved as a one-checkpoint run (``step0/``) with the
+GPT-NeoX tokenizer. The pairs are real BLiMP pairs, the same number from each of the 67 paradigms. Both sides
+score the same sentences in the same run:
+
+* ours: :func:`exposure.evaluate.evaluate_run` end to end (tokenizer check, model load, scores + hidden states at
+  the critical token + attention rows, files written);
+* peer: lm-evaluation-harness ``HFLM.loglikelihood`` with BLiMP's requests (empty context, the sentence as the
+  continuation), on the same loaded model, at each ``--peer-batch-sizes`` (lm-eval's default is 1).
+
+Reported: pairs/second of each, the ratio, and equality of results (max |logp difference|, agreement of
+``correct``). Needs ``pip install --no-deps lm-eval==0.4.13`` plus its import-time needs (accelerate, requests,
+urllib3, certifi, sqlitedict, ... whatever ``python -c 'from lm_eval.models.huggingface import HFLM'`` asks for).
+
+    PYTHONPATH=python .venv/bin/python benchmarks/bench_eval.py --shape tiny --pairs 1340
+    PYTHONPATH=python .venv/bin/python benchmarks/bench_eval.py --shape pythia-160m --pairs 335 --peer-batch-sizes 1,32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tokenizers import Tokenizer
+
+SHARED = Path("/work/shared/data")
+NEOX_TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
+BLIMP = SHARED / "blimp"
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),
+    # EleutherAI/pythia-160m config.json
+    "pythia-160m": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+        rotary_pct=0.25, rotary_emb_base=10000, use_parallel_residual=True, layer_norm_eps=1e-5,
+    ),
+}
+
+
+def blimp_pairs(n_pairs: int, tokenizer: Tokenizer) -> pa.Table:
+    """``n_pairs`` real BLiMP pairs (round-robin over the paradigms), critical word = where the sentences differ."""
+    files = sorted(BLIMP.glob("*.jsonl"))
+    per_file = -(-n_pairs // len(files))
+    records = []
+    for path in files:
+        with open(path) as handle:
+            for line in handle.readlines()[:per_file]:
+                records.append(json.loads(line))
+    records = records[:n_pairs]
+    rows = []
+    for rec in records:
+        good = tokenizer.encode(rec["sentence_good"], add_special_tokens=False).ids
+        bad = tokenizer.encode(rec["sentence_bad"], add_special_tokens=False).ids
+        first = 0
+        while first < min(len(good), len(bad)) and good[first] == bad[first]:
+            first += 1
+        tail = 0
+        while tail < min(len(good), len(bad)) - first and good[-1 - tail] == bad[-1 - tail]:
+            tail += 1
+        row: dict[str, Any] = {
+            "pair_uid": f"{rec['UID']}/{rec['pairID']}",
+            "sentence_good": rec["sentence_good"],
+            "sentence_bad": rec["sentence_bad"],
+        }
+        for side, ids in (("good", good), ("bad", bad)):
+            start = min(first, len(ids) - 1)
+            crit = min(max(len(ids) - tail - 1, start), len(ids) - 1)
+            row[f"{side}_critical_start"] = start
+            row[f"{side}_critical_token"] = crit
+            row[f"{side}_context_token"] = start - 1
+        rows.append(row)
+    table = pa.Table.from_pylist(rows)
+    for i, name in enumerate(table.column_names):
+        if name.endswith(("_start", "_token")):
+            table = table.set_column(i, name, table.column(name).cast(pa.int32()))
+    import hashlib
+
+    sha = hashlib.sha256(NEOX_TOKENIZER.read_bytes()).hexdigest()
+    return table.replace_schema_metadata({b"exposure.tokenizer_sha256": sha.encode(), b"exposure.checkpoints": b"[0]"})
+
+
+def build_run(root: Path, shape: str, dtype: torch.dtype) -> Path:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+    config = GPTNeoXConfig(vocab_size=50304, max_position_embeddings=2048, **SHAPES[shape])
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(config)
+    step = root / "step0"
+    model.save_pretrained(step)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(NEOX_TOKENIZER), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
+    tokenizer.save_pretrained(step)
+    shutil.copyfile(NEOX_TOKENIZER, step / "tokenizer.json")  # byte-identical: the sha256 check passes
+    return step
+
+
+def run_ours(pairs: pa.Table, run: Path, out: Path, device: str, dtype: str, batch_tokens: int) -> dict[str, Any]:
+    from exposure.evaluate import evaluate_run
+
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    results = evaluate_run(
+        pairs, run, out, device=device, dtype=dtype, batch_tokens=batch_tokens, progress=False
+    )
+    seconds = time.perf_counter() - started
+    scores = results.scores(0)
+    info = results.run["checkpoint_info"]["0"]
+    return {
+        "seconds": seconds,
+        "score_seconds": info["score_seconds"],
+        "logp": np.stack([scores.column("logp_good").to_numpy(), scores.column("logp_bad").to_numpy()], axis=1),
+    }
+
+
+def run_peer(pairs: pa.Table, step: Path, device: str, torch_dtype: torch.dtype, batch_size: int) -> dict[str, Any]:
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    model = AutoModelForCausalLM.from_pretrained(step, dtype=torch_dtype).to(device).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(step)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    requests = []
+    for good, bad in zip(pairs.column("sentence_good").to_pylist(), pairs.column("sentence_bad").to_pylist()):
+        for sentence in (good, bad):
+            requests.append(
+                Instance(request_type="loglikelihood", doc={}, arguments=("", sentence), idx=len(requests) % 2)
+            )
+    started = time.perf_counter()
+    answers = lm.loglikelihood(requests, disable_tqdm=True)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "logp": np.array([a[0] for a in answers]).reshape(-1, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    parser.add_argument("--pairs", type=int, default=1340, help="number of BLiMP pairs (spread over 67 paradigms)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--batch-tokens", type=int, default=8192)
+    parser.add_argument("--peer-batch-sizes", default="1,64", help="lm-eval batch sizes to run (its default is 1)")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate ours/peer this many times; best time kept")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    from exposure.scoring.runs import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    torch_dtype = resolve_dtype(args.dtype, device)
+    dtype_flag = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[torch_dtype]
+    tokenizer = Tokenizer.from_file(str(NEOX_TOKENIZER))
+    pairs = blimp_pairs(args.pairs, tokenizer)
+    n = pairs.num_rows
+    peer_sizes = [int(s) for s in args.peer_batch_sizes.split(",") if s]
+    with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
+        root = Path(tmp)
+        step = build_run(root / "run", args.shape, torch_dtype)
+        ours: dict[str, Any] | None = None
+        peers: dict[int, dict[str, Any]] = {}
+        for _ in range(args.repeats):
+            result = run_ours(pairs, root / "run", root / "out", str(device), dtype_flag, args.batch_tokens)
+            if ours is None or result["seconds"] < ours["seconds"]:
+                ours = result
+            for size in peer_sizes:
+                result = run_peer(pairs, step, str(device), torch_dtype, size)
+                if size not in peers or result["seconds"] < peers[size]["seconds"]:
+                    peers[size] = result
+    assert ours is not None
+    report: dict[str, Any] = {
+        "shape": args.shape,
+        "pairs": n,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "cpu_threads": torch.get_num_threads(),
+        "dtype": dtype_flag,
+        "batch_tokens": args.batch_tokens,
+        "ours_pairs_per_s": n / ours["seconds"],
+        "ours_pairs_per_s_scoring_only": n / ours["score_seconds"],
+        "peer": "lm-evaluation-harness 0.4.13 HFLM.loglikelihood (BLiMP requests)",
+        "peers": {},
+    }
+    print(f"{args.shape} ({n} pairs, {device}, {dtype_flag}, {torch.get_num_threads()} threads)")
+    print(f"  exposure eval   : {n / ours['seconds']:9.1f} pairs/s end to end "
+          f"({n / ours['score_seconds']:.1f} pairs/s scoring only), with states + attention rows + files")
+    for size, peer in peers.items():
+        diff = float(np.abs(peer["logp"] - ours["logp"]).max())
+        agree = float(((peer["logp"][:, 0] > peer["logp"][:, 1]) == (ours["logp"][:, 0] > ours["logp"][:, 1])).mean())
+        ratio = peer["seconds"] / ours["seconds"]
+        report["peers"][str(size)] = {
+            "pairs_per_s": n / peer["seconds"], "ratio": ratio, "max_abs_logp_diff": diff, "correct_agreement": agree,
+        }
+        print(f"  lm-eval bs={size:<4}: {n / peer['seconds']:9.1f} pairs/s   ours/peer = {ratio:5.2f}x   "
+              f"max|dlogp| = {diff:.2e}   correct agree = {agree:.4f}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+// C++ unit tests for the engine library (run by ctest, also under ASan/UBSan in CI).
+// Every structure is checked against a brute-force reference on random and repetitive inputs.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "exposure/index.hpp"
+#include "exposure/io.hpp"
+#include "exposure/sais.hpp"
+#include "exposure/shard.hpp"
+#include "exposure/structures.hpp"
+
+using namespace exposure;
+
+static int g_failures = 0, g_checks = 0;
+#define CHECK(cond)                                                          \
+  do {                                                                       \
+    ++g_checks;                                                              \
+    if (!(cond)) {                                                           \
+      ++g_failures;                                                          \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+    }                                                                        \
+  } while (0)
+
+template <class Char>
+std::vector<uint64_t> naive_sa(const std::vector<Char>& t) {
+  std::vector<uint64_t> sa(t.size());
+  for (size_t i = 0; i < sa.size(); ++i) sa[i] = i;
+  std::sort(sa.begin(), sa.end(), [&](uint64_t a, uint64_t b) {
+    return std::lexicographical_compare(t.begin() + a, t.end(), t.begin() + b, t.end());
+  });
+  return sa;
+}
+
+template <class Char, class Idx>
+void check_sa(const std::vector<Char>& t, size_t sigma) {
+  std::vector<Idx> sa(t.size());
+  suffix_array<Char, Idx>(t.data(), sa.data(), t.size(), sigma);
+  const auto ref = naive_sa(t);
+  CHECK(std::equal(sa.begin(), sa.end(), ref.begin(), [](Idx a, uint64_t b) { return uint64_t(a) == b; }));
+}
+
+void test_sais() {
+  std::mt19937_64 rng(1);
+  for (int round = 0; round < 300; ++round) {
+    const size_t n = rng() % 400 + 1, sigma = rng() % 6 + 1;
+    std::vector<uint16_t> t(n);
+    for (auto& c : t) c = uint16_t(rng() % sigma);
+    check_sa<uint16_t, uint32_t>(t, sigma);
+    std::vector<uint32_t> t32(t.begin(), t.end());
+    check_sa<uint32_t, uint64_t>(t32, sigma);
+  }
+  // adversarial: runs, periods, repeated blocks, Fibonacci words
+  std::vector<uint16_t> run(5000, 3);
+  check_sa<uint16_t, uint32_t>(run, 4);
+  std::vector<uint16_t> per;
+  for (int i = 0; i < 3000; ++i) per.push_back(uint16_t(i % 7 == 0 ? 2 : i % 2));
+  check_sa<uint16_t, uint32_t>(per, 3);
+  std::vector<uint16_t> block(300);
+  for (auto& c : block) c = uint16_t(rng() % 50);
+  std::vector<uint16_t> rep;
+  for (int k = 0; k < 10; ++k) rep.insert(rep.end(), block.begin(), block.end());
+  check_sa<uint16_t, uint32_t>(rep, 50);
+  std::vector<uint16_t> a{0}, b{0, 1};
+  while (b.size() < 4000) {
+    std::vector<uint16_t> c = b;
+    c.insert(c.end(), a.begin(), a.end());
+    a = b;
+    b = c;
+  }
+  check_sa<uint16_t, uint32_t>(b, 2);
+  std::vector<uint16_t> empty;
+  check_sa<uint16_t, uint32_t>(empty, 1);
+}
+
+void test_xxh64() {
+  Xxh64 h;
+  CHECK(h.digest() == 0xEF46DB3751D8E999ULL);  // XXH64 of the empty input, seed 0
+  const std::string abc = "abc";
+  Xxh64 h2;
+  h2.update(abc.data(), abc.size());
+  CHECK(h2.digest() == 0x44BC2CF5AD770999ULL);
+  // incremental updates equal one update
+  std::vector<uint8_t> data(1000);
+  std::mt19937 rng(3);
+  for (auto& x : data) x = uint8_t(rng());
+  Xxh64 one, many;
+  one.update(data.data(), data.size());
+  for (size_t i = 0; i < data.size(); i += 37) many.update(data.data() + i, std::min<size_t>(37, data.size() - i));
+  CHECK(one.digest() == many.digest());
+}
+
+fs::path temp_dir(const std::string& name) {
+  fs::path d = fs::temp_directory_path() / ("exposure_cpp_test_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+void test_range_min_and_wavelet() {
+  const fs::path dir = temp_dir("structs");
+  std::mt19937_64 rng(7);
+  for (uint64_t n : {1ull, 5ull, 511ull, 512ull, 513ull, 5000ull}) {
+    std::vector<uint32_t> v(n);
+    for (auto& x : v) x = uint32_t(rng() % 100000);
+    {
+      FileWriter w(dir / "v.bin", make_header(FileKind::SuffixArray, n, 4));
+      w.write(std::span<const uint32_t>(v));
+      w.commit();
+    }
+    IndexFile vf(dir / "v.bin", FileKind::SuffixArray);
+    PackedArray pa(vf.payload(), n, 4);
+    RangeMin::write(dir / "r.bin", pa);
+    IndexFile rf(dir / "r.bin", FileKind::Rmq);
+    RangeMin rm(rf, pa);
+    for (int q = 0; q < 300; ++q) {
+      uint64_t l = rng() % n, r = l + 1 + rng() % (n - l);
+      CHECK(rm.min(l, r) == *std::min_element(v.begin() + l, v.begin() + r));
+    }
+    std::vector<uint8_t> sym(n);
+    for (auto& s : sym) s = uint8_t(rng() % 13);
+    const std::vector<uint8_t> orig = sym;
+    const std::vector<uint64_t> bounds{1, 2, 3};
+    WaveletMatrix::write(dir / "w.bin", sym, 4, bounds);
+    IndexFile wf(dir / "w.bin", FileKind::Windows);
+    WaveletMatrix wm(wf);
+    CHECK(wm.size() == n && wm.boundaries().size() == 3);
+    for (int q = 0; q < 200; ++q) {
+      uint64_t l = rng() % n, r = l + rng() % (n - l + 1);
+      std::vector<uint64_t> hist(16, 0), ref(16, 0);
+      wm.histogram(l, r, hist);
+      for (uint64_t i = l; i < r; ++i) ++ref[orig[i]];
+      CHECK(hist == ref);
+    }
+  }
+  fs::remove_all(dir);
+}
+
+void test_shard_queries_and_errors() {
+  const fs::path dir = temp_dir("shard");
+  std::mt19937_64 rng(11);
+  const uint32_t vocab = 4;
+  // items of 50 tokens, separator (= vocab) after each
+  std::vector<uint16_t> stream(2000);
+  for (auto& t : stream) t = uint16_t(rng() % vocab);
+  std::vector<uint16_t> text;
+  for (size_t i = 0; i < stream.size(); ++i) {
+    text.push_back(stream[i]);
+    if (i % 50 == 49) text.push_back(uint16_t(vocab));
+  }
+  std::vector<WindowSpec> windows{{"w", {0, 500, 1000, 2000}}};
+  build_shard<uint16_t>(text, dir, 0, text.size(), vocab, windows);
+  Index ix({dir}, vocab, 2, 2);
+  CHECK(ix.num_tokens() == stream.size());
+  for (int q = 0; q < 200; ++q) {
+    const size_t m = rng() % 4 + 1;
+    std::vector<uint32_t> p(m);
+    for (auto& x : p) x = uint32_t(rng() % vocab);
+    std::vector<uint64_t> ref;
+    for (size_t i = 0; i + m <= stream.size(); ++i) {
+      if (i / 50 != (i + m - 1) / 50) continue;
+      bool ok = true;
+      for (size_t k = 0; k < m && ok; ++k) ok = stream[i + k] == p[k];
+      if (ok) ref.push_back(i);
+    }
+    const std::vector<int64_t> off{0, int64_t(m)};
+    PhraseBatch b{p, off};
+    int64_t cnt = 0, first = 0;
+    ix.count(b, {&cnt, 1});
+    ix.first_position(b, {&first, 1});
+    CHECK(cnt == int64_t(ref.size()));
+    CHECK(first == (ref.empty() ? -1 : int64_t(ref[0])));
+    CHECK(ix.positions(p, UINT64_MAX) == ref);
+    std::vector<int64_t> wc(3);
+    const std::vector<uint64_t> bounds{0, 500, 1000, 2000};
+    ix.window_counts(b, bounds, wc);
+    int64_t w0 = 0, w1 = 0, w2 = 0;
+    for (auto x : ref) (x < 500 ? w0 : x < 1000 ? w1 : w2)++;
+    CHECK(wc[0] == w0 && wc[1] == w1 && wc[2] == w2);
+  }
+  std::vector<uint32_t> tokens(10);
+  ix.copy_stream(95, 105, tokens.data());
+  CHECK(std::equal(tokens.begin(), tokens.end(), stream.begin() + 95));
+  // invalid phrases
+  bool threw = false;
+  try {
+    std::vector<uint32_t> p{vocab};
+    const std::vector<int64_t> off{0, 1};
+    int64_t c;
+    ix.count({p, off}, {&c, 1});
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK(threw);
+  // truncated file
+  fs::resize_file(dir / "sa.bin", fs::file_size(dir / "sa.bin") - 3);
+  threw = false;
+  try {
+    Index broken({dir}, vocab, 2, 1);
+  } catch (const IndexFileError& e) {
+    threw = std::string(e.what()).find("truncated") != std::string::npos;
+  }
+  CHECK(threw);
+  fs::remove_all(dir);
+}
+
+int main() {
+  test_sais();
+  test_xxh64();
+  test_range_min_and_wavelet();
+  test_shard_queries_and_errors();
+  std::printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
+  return g_failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,344 @@
+"""The engine's queries against a brute-force numpy oracle, on random, adversarial and
+hypothesis-generated streams, with and without item boundaries, in one and several shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import exposure
+from exposure import _core
+
+
+# ------------------------------------------------------------------------------------- oracle
+class Oracle:
+    """Brute force over the stream: an occurrence is a start offset whose match lies in one item."""
+
+    def __init__(self, stream: np.ndarray, item_starts: np.ndarray | None) -> None:
+        self.t = np.asarray(stream, dtype=np.int64)
+        n = self.t.size
+        starts = np.array([0]) if item_starts is None else np.asarray(item_starts)
+        self.item_of = np.searchsorted(starts, np.arange(n), side="right") - 1
+
+    def positions(self, p: np.ndarray) -> np.ndarray:
+        p = np.asarray(p, dtype=np.int64)
+        m, n = p.size, self.t.size
+        if m > n:
+            return np.zeros(0, dtype=np.int64)
+        win = np.lib.stride_tricks.sliding_window_view(self.t, m)
+        hit = np.all(win == p, axis=1)
+        idx = np.flatnonzero(hit)
+        same = self.item_of[idx] == self.item_of[idx + m - 1]
+        return idx[same]
+
+    def count(self, p) -> int:
+        return int(self.positions(p).size)
+
+    def first(self, p) -> int:
+        pos = self.positions(p)
+        return int(pos[0]) if pos.size else -1
+
+    def windows(self, p, bounds) -> np.ndarray:
+        pos = self.positions(p)
+        b = np.asarray(bounds, dtype=np.int64)
+        col = np.searchsorted(b, pos, side="right") - 1
+        ok = (col >= 0) & (col < b.size - 1)
+        return np.bincount(col[ok], minlength=b.size - 1)[: b.size - 1]
+
+
+def phrases_for(stream: np.ndarray, rng: np.random.Generator, n: int, vocab: int, max_len: int = 6) -> list[np.ndarray]:
+    out = []
+    for _ in range(n):
+        m = int(rng.integers(1, max_len + 1))
+        if rng.random() < 0.7 and stream.size > m:
+            s = int(rng.integers(0, stream.size - m + 1))
+            out.append(stream[s : s + m].astype(np.int64))
+        else:
+            out.append(rng.integers(0, vocab, size=m))
+    return out
+
+
+def check_all(idx: exposure.Index, oracle: Oracle, phrases, bounds_list) -> None:
+    np.testing.assert_array_equal(idx.count(phrases), [oracle.count(p) for p in phrases])
+    np.testing.assert_array_equal(idx.first_position(phrases), [oracle.first(p) for p in phrases])
+    for bounds in bounds_list:
+        got = idx.window_counts(phrases, bounds)
+        want = np.array([oracle.windows(p, bounds) for p in phrases]).reshape(len(phrases), len(bounds) - 1)
+        np.testing.assert_array_equal(got, want)
+    for p in phrases[:10]:
+        np.testing.assert_array_equal(idx.positions(p), oracle.positions(p))
+        np.testing.assert_array_equal(idx.positions(p, limit=3), oracle.positions(p)[:3])
+
+
+def build(tmp_path: Path, stream, name="ix", **kw) -> exposure.Index:
+    kw.setdefault("progress", False)
+    kw.setdefault("threads", 2)
+    return exposure.build_index(stream, tmp_path / name, **kw)
+
+
+# ------------------------------------------------------------------------------ random corpora
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+@pytest.mark.parametrize("items", ["none", "fixed", "variable"])
+@pytest.mark.parametrize("shard_tokens", [None, 700])
+def test_random_corpora(tmp_path, dtype, items, shard_tokens):
+    rng = np.random.default_rng(hash((np.dtype(dtype).name, items, shard_tokens)) % 2**32)
+    vocab = 7 if dtype == np.uint16 else 70_000
+    n = 5000
+    base = rng.integers(0, min(vocab, 7), size=n)
+    if dtype == np.uint32:
+        base = base * 9_000 + 3  # large ids spread over a vocabulary beyond uint16
+    stream = base.astype(dtype)
+    kw: dict = {"vocab_size": vocab}
+    starts = None
+    if items == "fixed":
+        kw["item_length"] = 97
+        starts = np.arange(0, n, 97)
+    elif items == "variable":
+        starts = np.concatenate([[0], np.sort(rng.choice(np.arange(1, n), size=60, replace=False))])
+        kw["item_starts"] = starts
+    bounds_store = np.unique(np.concatenate([[0, n], rng.integers(0, n, size=20)]))
+    idx = build(tmp_path, stream, shard_tokens=shard_tokens, windows={"w": bounds_store}, max_phrase_tokens=8, **kw)
+    if shard_tokens:
+        assert idx.num_shards > 1
+    oracle = Oracle(stream, starts)
+    phrases = phrases_for(stream, rng, 150, 7 if dtype == np.uint16 else 7, max_len=8)
+    if dtype == np.uint32:
+        phrases = [p if p.max() >= 9000 or rng.random() < 0.5 else p * 9_000 + 3 for p in phrases]
+    subset = bounds_store[::3]
+    check_all(idx, oracle, phrases, [bounds_store, subset, [0, 1234, 2500, n], [n // 3, n // 2]])
+    assert idx.num_tokens == n
+
+
+def test_windows_fast_path_agrees_with_scan(tmp_path):
+    """The wavelet path (frequent phrases, stored boundaries) and the scan path (no stored
+    structure) give identical counts."""
+    rng = np.random.default_rng(5)
+    stream = rng.integers(0, 3, size=20_000).astype(np.uint16)
+    bounds = np.unique(np.concatenate([[0, 20_000], rng.integers(1, 20_000, size=150)]))
+    with_w = build(tmp_path, stream, "a", item_length=101, windows={"ckpt": bounds})
+    without = build(tmp_path, stream, "b", item_length=101)
+    phrases = [[0], [1], [2], [0, 1], [1, 1, 2]]
+    assert with_w.count(phrases).min() > 256  # above the scan cut-off: the wavelet path
+    np.testing.assert_array_equal(with_w.window_counts(phrases, bounds), without.window_counts(phrases, bounds))
+    oracle = Oracle(stream, np.arange(0, 20_000, 101))
+    np.testing.assert_array_equal(with_w.window_counts(phrases, bounds), [oracle.windows(p, bounds) for p in phrases])
+
+
+def test_add_windows_later(tmp_path):
+    rng = np.random.default_rng(11)
+    stream = rng.integers(0, 4, size=6000).astype(np.uint16)
+    idx = build(tmp_path, stream, item_length=50, shard_tokens=2000)
+    bounds = np.arange(0, 6001, 250)
+    before = idx.window_counts([[1], [2, 3]], bounds)
+    sa_before = {p.name: p.read_bytes() for p in (tmp_path / "ix").glob("shard-*/sa.bin")}
+    idx.add_windows("steps", bounds)
+    assert "steps" in exposure.Index(tmp_path / "ix").windows
+    np.testing.assert_array_equal(idx.window_counts([[1], [2, 3]], bounds), before)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ix").glob("shard-*/sa.bin")} == sa_before
+    exposure.Index(tmp_path / "ix", verify=True)  # checksums of the new files are recorded
+
+
+# --------------------------------------------------------------------------- adversarial corpora
+@pytest.mark.parametrize(
+    "kind", ["one_token", "repeated_document", "period_3", "fibonacci", "two_halves"]
+)
+def test_adversarial(tmp_path, kind):
+    rng = np.random.default_rng(3)
+    if kind == "one_token":
+        stream = np.full(30_000, 5, dtype=np.uint16)
+    elif kind == "repeated_document":
+        stream = np.tile(rng.integers(0, 50, size=500), 40).astype(np.uint16)
+    elif kind == "period_3":
+        stream = np.tile(np.array([1, 2, 3], dtype=np.uint16), 7000)
+    elif kind == "fibonacci":
+        a, b = [0], [0, 1]
+        while len(b) < 20_000:
+            a, b = b, b + a
+        stream = np.array(b[:20_000], dtype=np.uint16)
+    else:
+        half = rng.integers(0, 3, size=8000)
+        stream = np.concatenate([half, half]).astype(np.uint16)
+    oracle = Oracle(stream, None)
+    idx = build(tmp_path, stream, vocab_size=int(stream.max()) + 1)
+    phrases = [stream[:m] for m in (1, 2, 3, 7, 50)] + [stream[-m:] for m in (1, 5, 40)]
+    check_all(idx, oracle, phrases, [[0, 1000, 5000, stream.size]])
+    # the same stream cut into shards inside its single item (overlap tails)
+    idx2 = build(tmp_path, stream, "sharded", vocab_size=int(stream.max()) + 1, shard_tokens=3000, max_phrase_tokens=64)
+    assert idx2.num_shards > 3 and idx2.max_phrase_tokens == 64
+    check_all(idx2, oracle, phrases, [[0, 1000, 5000, stream.size]])
+    with pytest.raises(ValueError, match="at most 64"):
+        idx2.count([stream[:65]])
+
+
+def test_match_never_crosses_items(tmp_path):
+    # "1 2" occurs only across the boundary between item 0 and item 1.
+    stream = np.array([0, 0, 1, 2, 0, 0], dtype=np.uint16)
+    idx = build(tmp_path, stream, item_starts=[0, 3])
+    assert idx.count([[1, 2]])[0] == 0
+    assert idx.count([[1], [2], [0, 0]]).tolist() == [1, 1, 2]
+    assert idx.first_position([[2, 0, 0]]).tolist() == [3]
+
+
+# --------------------------------------------------------------------------------- hypothesis
+@st.composite
+def corpora(draw):
+    sigma = draw(st.integers(1, 4))
+    n = draw(st.integers(1, 300))
+    stream = np.array(draw(st.lists(st.integers(0, sigma - 1), min_size=n, max_size=n)), dtype=np.uint16)
+    cuts = draw(st.lists(st.integers(1, max(1, n - 1)), max_size=6, unique=True)) if n > 1 else []
+    starts = np.array(sorted({0, *cuts}), dtype=np.int64)
+    phrases = draw(st.lists(st.lists(st.integers(0, sigma - 1), min_size=1, max_size=5), min_size=1, max_size=8))
+    shard = draw(st.sampled_from([None, 40]))
+    return stream, starts, phrases, shard, sigma
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(corpora())
+def test_hypothesis_against_oracle(tmp_path_factory, case):
+    stream, starts, phrases, shard, sigma = case
+    tmp = tmp_path_factory.mktemp("h")
+    idx = build(tmp, stream, vocab_size=sigma, item_starts=starts, shard_tokens=shard, threads=1,
+                windows={"w": [0, stream.size // 2 + 1, stream.size + 1]}, max_phrase_tokens=6)
+    oracle = Oracle(stream, starts)
+    phrases = [np.array(p) for p in phrases]
+    check_all(idx, oracle, phrases, [[0, stream.size // 2 + 1, stream.size + 1], [0, 1, stream.size + 5]])
+    for off in range(0, stream.size, max(1, stream.size // 5)):
+        ctx = idx.context(off, before=3, after=3)
+        item = int(np.searchsorted(starts, off, side="right") - 1)
+        assert ctx.item == item
+        np.testing.assert_array_equal(ctx.tokens, stream[ctx.start : ctx.start + ctx.tokens.size])
+        assert ctx.item_start <= ctx.start <= off < ctx.start + ctx.tokens.size <= ctx.item_end
+
+
+# ------------------------------------------------------------------------------ streaming build
+def test_builder_streams_chunks_and_long_items(tmp_path):
+    rng = np.random.default_rng(8)
+    stream = rng.integers(0, 5, size=4000).astype(np.uint16)
+    with exposure.IndexBuilder(tmp_path / "s", dtype=np.uint16, vocab_size=5, progress=False,
+                               shard_tokens=900, threads=2, max_phrase_tokens=16) as b:
+        b.add(stream[:1000], item_length=100)  # items 0..9
+        b.add(stream[1000:1500], item_continues=True)  # one long item in three pieces
+        b.add(stream[1500:2600], item_continues=True)
+        b.add(stream[2600:3000])
+        b.add(stream[3000:4000], item_lengths=[10, 990])
+        idx = b.finish({"who": "test"})
+    starts = np.concatenate([np.arange(0, 1000, 100), [1000, 3000, 3010]])
+    assert idx.num_items == starts.size
+    assert [idx.item_bounds(i) for i in (9, 10, 11, 12)] == [(900, 1000), (1000, 3000), (3000, 3010), (3010, 4000)]
+    assert idx.metadata == {"who": "test"}
+    np.testing.assert_array_equal(idx.tokens(0, 4000), stream)
+    oracle = Oracle(stream, starts)
+    check_all(idx, oracle, phrases_for(stream, rng, 80, 5, max_len=12), [[0, 1000, 2000, 4000]])
+
+
+# ------------------------------------------------------------------------------ errors, integrity
+def test_invalid_phrases(tmp_path):
+    idx = build(tmp_path, np.arange(10, dtype=np.uint16) % 4, vocab_size=6)
+    for bad, msg in [([[]], "empty"), ([[-1]], "outside"), ([[6]], "outside"), ([[1.5]], "integer")]:
+        with pytest.raises(ValueError, match=msg):
+            idx.count(bad)
+        with pytest.raises(ValueError, match=msg):
+            idx.first_position(bad)
+        with pytest.raises(ValueError, match=msg):
+            idx.window_counts(bad, [0, 5])
+    with pytest.raises(ValueError, match="increasing"):
+        idx.window_counts([[1]], [5, 5, 6])
+    assert idx.count([]).shape == (0,)
+
+
+def test_tokens_outside_vocabulary_at_build(tmp_path):
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        build(tmp_path, np.array([1, 2, 9], dtype=np.uint16), vocab_size=5)
+    assert not (tmp_path / "ix").exists()
+
+
+def test_truncated_and_foreign_files(tmp_path):
+    idx = build(tmp_path, np.random.default_rng(0).integers(0, 9, 5000).astype(np.uint16), item_length=100)
+    shard = tmp_path / "ix" / "shard-00000"
+    del idx
+    sa = shard / "sa.bin"
+    data = sa.read_bytes()
+    sa.write_bytes(data[:-7])
+    with pytest.raises(exposure.IndexFileError, match="sa.bin.*truncated"):
+        exposure.Index(tmp_path / "ix")
+    sa.write_bytes(b"\0" * len(data))  # right size, foreign content
+    with pytest.raises(exposure.IndexFileError, match="not an exposure index file"):
+        exposure.Index(tmp_path / "ix")
+    with pytest.raises(exposure.IndexFileError, match="checksum"):
+        exposure.Index(tmp_path / "ix", verify=True)
+
+
+def test_version_mismatch_and_missing_manifest(tmp_path):
+    build(tmp_path, np.arange(100, dtype=np.uint16) % 7)
+    m = tmp_path / "ix" / "manifest.json"
+    text = m.read_text()
+    m.write_text(text.replace('"format_version": 1', '"format_version": 99'))
+    with pytest.raises(exposure.IndexFileError, match="version 99"):
+        exposure.Index(tmp_path / "ix")
+    m.unlink()
+    with pytest.raises(exposure.IndexFileError, match="manifest.json is missing"):
+        exposure.Index(tmp_path / "ix")
+    with pytest.raises(exposure.IndexFileError, match="not an index directory"):
+        exposure.Index(tmp_path / "nowhere")
+
+
+def test_binary_header_version_mismatch(tmp_path):
+    build(tmp_path, np.arange(100, dtype=np.uint16) % 7)
+    rmq = tmp_path / "ix" / "shard-00000" / "rmq.bin"
+    raw = bytearray(rmq.read_bytes())
+    raw[8:12] = (7).to_bytes(4, "little")
+    rmq.write_bytes(bytes(raw))
+    with pytest.raises(exposure.IndexFileError, match="rmq.bin has format version 7"):
+        exposure.Index(tmp_path / "ix")
+
+
+def test_interrupted_build_leaves_no_index_and_resumes(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    stream = rng.integers(0, 6, size=8000).astype(np.uint16)
+    real = _core.build_shard
+    calls = {"n": 0}
+
+    def failing(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(_core, "build_shard", failing)
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path, stream, item_length=100, shard_tokens=2000, threads=1)
+    assert not (tmp_path / "ix").exists()
+    with pytest.raises(exposure.IndexFileError, match="unfinished build"):
+        exposure.Index(tmp_path / "ix")
+    monkeypatch.setattr(_core, "build_shard", real)
+    idx = build(tmp_path, stream, item_length=100, shard_tokens=2000, threads=1)
+    assert idx.manifest["build"]["shards_reused"] == 2
+    assert not (tmp_path / "ix.partial").exists()
+    oracle = Oracle(stream, np.arange(0, 8000, 100))
+    check_all(idx, oracle, phrases_for(stream, rng, 40, 6), [[0, 4000, 8000]])
+
+
+def test_xxh64_matches_reference():
+    xxhash = pytest.importorskip("xxhash")
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 3, 4, 7, 8, 31, 32, 33, 100, 1000):
+        data = rng.integers(0, 256, size=n, dtype=np.uint8)
+        assert _core.xxh64(data) == xxhash.xxh64_intdigest(data.tobytes())
+
+
+def test_manifest_records_sizes_and_checksums(tmp_path):
+    idx = build(tmp_path, np.random.default_rng(1).integers(0, 50, 3000).astype(np.uint16), item_length=128,
+                windows={"pythia": [0, 1000, 2000, 3000]})
+    m = idx.manifest
+    assert m["token_dtype"] == "uint16" and m["token_count"] == 3000 and m["items"] == {"count": 24, "length": 128}
+    for s in m["shards"]:
+        assert set(s["files"]) == {"tokens.bin", "sa.bin", "buckets.bin", "rmq.bin", "separators.bin",
+                                   "windows-pythia.bin"}
+        for name, rec in s["files"].items():
+            assert (tmp_path / "ix" / s["dir"] / name).stat().st_size == rec["bytes"]
+            assert f"{_core.hash_file(str(tmp_path / 'ix' / s['dir'] / name)):016x}" == rec["xxh64"]
+    assert s["sa_width"] == 2  # 3000 + 24 separators < 2^16: two-byte pointers

@@ -1,0 +1,179 @@
+"""`exposure analyze` end to end on a synthetic evaluation output: tables, figures, report, rendering."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from exposure import cli
+from exposure.analysis import analyze
+from exposure.analysis.synthetic import SyntheticSpec, write_synthetic
+
+SPEC = SyntheticSpec(pairs_per_phenomenon=40, no_phrase_pairs=3)
+TABLES = ("curves", "transitions", "delays", "pair_learning", "concept_layers", "concept_changes", "head_attention",
+          "head_concentration", "top_heads")
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("synthetic")
+    splits, eval_dir = write_synthetic(root, SPEC)
+    report = analyze(splits, eval_dir, root / "out", n_boot=200, progress=False)
+    return root, report
+
+
+def _images(html: str) -> list[str]:
+    return re.findall(r'<img src="([^"]*)"', html)
+
+
+def test_report_is_self_contained_and_states_the_planted_findings(full_run) -> None:
+    root, report = full_run
+    out = report.parent
+    assert report.name == "report.html"
+    for name in TABLES:
+        assert pq.read_table(out / f"{name}.parquet").num_rows > 0, name
+    html = report.read_text(encoding="utf-8")
+    srcs = _images(html)
+    pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert len(srcs) == len(pngs) == 10
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        img = mpimg.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png")
+        assert img.shape[0] > 200 and img.shape[1] > 300
+        assert np.ptp(img[..., :3]) > 0.5  # not a blank image
+    assert not re.search(r'(src|href)="(?!data:)', html), "the report must not reference external files"
+    summary = json.loads((out / "summary.json").read_text())
+    planted = SPEC.validation_transition - SPEC.train_transition
+    assert summary["overall"]["train_step"] == SPEC.train_transition
+    assert summary["overall"]["validation_step"] == SPEC.validation_transition
+    assert summary["overall"]["delay"] == planted
+    assert summary["overall"]["never_step"] is None  # the control never learns
+    assert (summary["before"], summary["after"]) == (1000, 2000)
+    assert f"a delay of {planted:,} steps" in html
+    assert "3 pair(s) have no critical phrase" in html
+    # the concept finding: layer 3 becomes one-dimensional and probe-able, significantly
+    changes = {(r["phenomenon"], r["layer"]): r for r in pq.read_table(out / "concept_changes.parquet").to_pylist()}
+    assert changes[("ALL", SPEC.concept_layer)]["probe_significant"]
+    assert changes[("ALL", SPEC.concept_layer)]["participation_ratio_change"] < -5
+    assert "Largest probe change, all phenomena: layer 3" in html
+    # the heads finding: the two planted heads are the top 2 at the last checkpoint
+    top = pq.read_table(out / "top_heads.parquet").to_pylist()
+    last = max(r["step"] for r in top)
+    top2 = {(r["layer"], r["head"]) for r in top if r["phenomenon"] == "ALL" and r["step"] == last and r["rank"] <= 2}
+    assert top2 == set(SPEC.heads_after)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: apt-get install -y chromium); "
+                    "needed to check that the report renders")
+def test_report_renders_in_headless_chromium(full_run, tmp_path) -> None:
+    _, report = full_run
+    html = report.read_text(encoding="utf-8")
+    probe = (
+        "<script>window.addEventListener('load', function () {"
+        "var imgs = [].slice.call(document.images);"
+        "document.body.setAttribute('data-images', imgs.length);"
+        "document.body.setAttribute('data-loaded', imgs.filter(function (i) {"
+        "return i.complete && i.naturalWidth > 0; }).length);});</script>"
+    )
+
+    def render(page: str, name: str) -> tuple[int, int, str]:
+        path = tmp_path / name
+        path.write_text(page.replace("</body>", probe + "</body>"), encoding="utf-8")
+        dom = subprocess.run(
+            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--virtual-time-budget=10000", "--dump-dom", path.as_uri()],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout
+        body = re.search(r"<body[^>]*>", dom)
+        assert body, dom[:500]
+        total = int(re.search(r'data-images="(\d+)"', body.group(0)).group(1))
+        loaded = int(re.search(r'data-loaded="(\d+)"', body.group(0)).group(1))
+        return total, loaded, dom
+
+    total, loaded, dom = render(html, "check.html")
+    assert total == 10 and loaded == total
+    assert "Delayed generalization" in dom and "Attention heads" in dom
+    # the check can fail: a corrupted figure is not counted as loaded
+    first = _images(html)[0]
+    broken = html.replace(first, "data:image/png;base64," + base64.b64encode(b"not a png").decode(), 1)
+    total_b, loaded_b, _ = render(broken, "broken.html")
+    assert total_b == 10 and loaded_b == 9
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+         "--window-size=1280,3000", f"--screenshot={shot}", report.as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )
+    img = mpimg.imread(shot)
+    assert img.shape[:2] == (3000, 1280)
+    assert np.ptp(img[..., :3]) > 0.5
+
+
+def test_small_data_report_says_what_is_missing(tmp_path, capsys) -> None:
+    # one checkpoint; no hidden states; no attention; a phenomenon with no proxy-validation pairs
+    n = 12
+    first = np.array([5] * n + [500] * n + [-1] * n)
+    spec = SyntheticSpec(pairs_per_phenomenon=n, steps=(100,), write_states=False, write_attention=False,
+                         first_steps=first)
+    splits, eval_dir = write_synthetic(tmp_path, spec)
+    code = cli.main(["analyze", "--splits", str(splits), "--eval", str(eval_dir), "--out", str(tmp_path / "out"),
+                     "--n-boot", "50", "--no-progress"])
+    assert code == 0
+    report = Path(capsys.readouterr().out.strip())
+    html = report.read_text(encoding="utf-8")
+    assert "Only one checkpoint (step 100) was evaluated" in html
+    assert "anaphor_agreement: no proxy-validation pairs at any checkpoint" in html
+    assert "no hidden states" in html
+    assert "no attention" in html
+    assert len(_images(html)) == 5  # the five generalization figures; no concept or head figures
+    assert not (report.parent / "concept_layers.parquet").exists()
+
+
+def test_one_checkpoint_with_states_and_user_checkpoints(tmp_path, capsys) -> None:
+    spec = SyntheticSpec(pairs_per_phenomenon=15, steps=(0, 512, 2000, 4000), write_attention=False)
+    splits, eval_dir = write_synthetic(tmp_path, spec)
+    args = ["analyze", "--splits", str(splits), "--eval", str(eval_dir), "--n-boot", "50", "--no-progress"]
+    assert cli.main(args + ["--out", str(tmp_path / "a"), "--before", "0", "--after", "4000"]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert (summary["before"], summary["after"]) == (0, 4000)
+    for step in (0, 512, 2000):
+        (eval_dir / "states" / f"step{step}.npy").unlink()
+    assert cli.main(args + ["--out", str(tmp_path / "b")]) == 0
+    html = (tmp_path / "b" / "report.html").read_text(encoding="utf-8")
+    assert "hidden states exist at one checkpoint only (step 4000)" in html
+    capsys.readouterr()
+
+
+def test_cli_errors_are_clear(tmp_path, capsys) -> None:
+    spec = SyntheticSpec(pairs_per_phenomenon=6, steps=(0, 100), write_attention=False)
+    splits, eval_dir = write_synthetic(tmp_path, spec)
+    base = ["analyze", "--eval", str(eval_dir), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert cli.main(base + ["--splits", str(tmp_path / "missing.parquet")]) == 2
+    assert "--splits" in capsys.readouterr().err
+    assert cli.main(base + ["--splits", str(splits), "--before", "7"]) == 2
+    assert "no hidden states at step 7" in capsys.readouterr().err
+    assert cli.main(base + ["--splits", str(splits), "--threshold", "1.5"]) == 2
+    assert "--threshold" in capsys.readouterr().err
+    # an evaluation whose pairs are not in the splits table
+    other = tmp_path / "other"
+    other_splits, _ = write_synthetic(other, SyntheticSpec(phenomena=("zzz",), pairs_per_phenomenon=3, steps=(0,)))
+    assert cli.main(base + ["--splits", str(other_splits)]) == 2
+    assert "not found" in capsys.readouterr().err
