@@ -18,8 +18,7 @@ $(DEPS): pyproject.toml
 	# On a GPU machine install the CUDA torch you need first; this line then does nothing.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" ninja cmake xxhash
-	$(BIN)/pip install -q --no-build-isolation --no-deps -e . 
-	$(BIN)/pip install -q -e ".[eval,test]" --no-build-isolation
+	$(BIN)/pip install -q --no-build-isolation -e ".[eval,test]"
 	touch $@
 
 $(BUILT): $(DEPS) $(CPP)

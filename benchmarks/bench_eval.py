@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=1340, help="number of BLiMP pairs (spread over 67 paradigms)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    parser.add_argument("--batch-tokens", type=int, default=8192)
+    parser.add_argument("--batch-tokens", type=int, default=16384)
     parser.add_argument("--peer-batch-sizes", default="1,64", help="lm-eval batch sizes to run (its default is 1)")
     parser.add_argument("--repeats", type=int, default=1, help="alternate ours/peer this many times; best time kept")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")

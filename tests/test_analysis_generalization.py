@@ -57,7 +57,7 @@ def test_planted_transition_and_delay_recovered() -> None:
 
 
 def test_never_control_that_learns_is_reported() -> None:
-    first, phen, correct, spec = _planted(never_transition=3000)
+    first, phen, correct, _ = _planted(never_transition=3000)
     uid = np.array([f"p/{i}" for i in range(len(first))])
     res = gen.analyze_generalization(uid, phen, first, correct, STEPS, n_boot=100, rng=np.random.default_rng(0))
     assert res.overall.never.step == 3000
@@ -71,7 +71,7 @@ def test_threshold_is_configurable_on_a_gradual_curve() -> None:
     frac = np.linspace(0.5, 1.0, 11)
     correct = np.zeros((n, 11), bool)
     for k, f in enumerate(frac):
-        correct[: int(round(f * n)), k] = True
+        correct[: round(f * n), k] = True
     first = np.full(n, -1)  # never group: a fixed set
     res9 = gen.analyze_generalization(np.arange(n).astype(str), np.full(n, "x"), first, correct, steps,
                                       threshold=0.9, n_boot=50, rng=np.random.default_rng(0))

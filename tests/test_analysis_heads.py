@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from exposure.analysis import heads as hd
+from exposure.analysis.report import dominant_heads, summarize_heads
 from exposure.analysis.stats import gini, top_k_share
 
 L, H = 4, 8
@@ -49,6 +50,10 @@ def test_two_planted_heads_are_recovered_and_tracked() -> None:
     np.testing.assert_allclose(res.jaccard_previous["ALL"][1:], [1.0, 1 / 3, 1.0])
     np.testing.assert_allclose(res.jaccard_final["ALL"], [1 / 3, 1 / 3, 1.0, 1.0])
     assert res.means["ALL"][0, 1, 2] == pytest.approx(arrays[0][:, :, 1, 2].mean(), rel=1e-5)
+    assert dominant_heads(res.means["ALL"][3]) in ([(1, 2), (2, 0)], [(2, 0), (1, 2)])
+    text = " ".join(summarize_heads(res, [100, 1000]))
+    assert "the dominant set changes 1 time(s): at step 1,000" in text
+    assert "At step 100: top-2 share" in text
 
 
 def test_uniform_attention_is_not_concentrated() -> None:

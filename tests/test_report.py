@@ -45,7 +45,7 @@ def _images(html: str) -> list[str]:
 
 
 def test_report_is_self_contained_and_states_the_planted_findings(full_run) -> None:
-    root, report = full_run
+    _, report = full_run
     out = report.parent
     assert report.name == "report.html"
     for name in TABLES:

@@ -63,16 +63,26 @@ void Index::validate(const PhraseBatch& phrases) const {
                                   std::to_string(vocab_) + ")");
 }
 
+namespace {
+// Suffix-array ranges of phrases [b, e) in one shard, found in lock-step batches.
+void ranges_in(const Shard& s, const PhraseBatch& phrases, size_t b, size_t e,
+               std::vector<std::span<const uint32_t>>& views, std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
+  views.clear();
+  for (size_t i = b; i < e; ++i) views.push_back(phrases[i]);
+  ranges.resize(views.size());
+  s.find_many(views, ranges.data());
+}
+}  // namespace
+
 void Index::count(const PhraseBatch& phrases, std::span<int64_t> out) const {
   validate(phrases);
   parallel_for(phrases.size(), threads_, [&](size_t b, size_t e) {
-    for (size_t i = b; i < e; ++i) {
-      int64_t c = 0;
-      for (const Shard& s : shards_) {
-        auto [l, r] = s.find(phrases[i]);
-        c += int64_t(r - l);
-      }
-      out[i] = c;
+    std::vector<std::span<const uint32_t>> views;
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    std::fill(out.begin() + std::ptrdiff_t(b), out.begin() + std::ptrdiff_t(e), 0);
+    for (const Shard& s : shards_) {
+      ranges_in(s, phrases, b, e, views, ranges);
+      for (size_t i = b; i < e; ++i) out[i] += int64_t(ranges[i - b].second - ranges[i - b].first);
     }
   });
 }
@@ -80,14 +90,17 @@ void Index::count(const PhraseBatch& phrases, std::span<int64_t> out) const {
 void Index::first_position(const PhraseBatch& phrases, std::span<int64_t> out) const {
   validate(phrases);
   parallel_for(phrases.size(), threads_, [&](size_t b, size_t e) {
-    for (size_t i = b; i < e; ++i) {
-      out[i] = -1;
-      for (const Shard& s : shards_) {  // training order: the first shard with a hit has the answer
-        const int64_t p = s.first_position(s.find(phrases[i]));
-        if (p >= 0) {
-          out[i] = p;
-          break;
-        }
+    std::vector<std::span<const uint32_t>> views;
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    std::fill(out.begin() + std::ptrdiff_t(b), out.begin() + std::ptrdiff_t(e), -1);
+    size_t unresolved = e - b;
+    for (const Shard& s : shards_) {  // training order: the first shard with a hit has the answer
+      if (unresolved == 0) break;
+      ranges_in(s, phrases, b, e, views, ranges);
+      for (size_t i = b; i < e; ++i) {
+        if (out[i] >= 0) continue;
+        out[i] = s.first_position(ranges[i - b]);
+        if (out[i] >= 0) --unresolved;
       }
     }
   });

@@ -145,6 +145,75 @@ std::pair<uint64_t, uint64_t> Shard::find_impl(std::span<const uint32_t> p) cons
   return {lo, lo};
 }
 
+template <class T>
+void Shard::find_many_impl(std::span<const std::span<const uint32_t>> phrases,
+                           std::pair<uint64_t, uint64_t>* out) const {
+  const T* text = reinterpret_cast<const T*>(text_);
+  struct Search {
+    uint64_t lo, hi, mid, q;
+    const uint32_t* p;
+    uint32_t m;
+    bool upper;  // upper bound (first suffix > phrase) vs lower bound (first suffix >= phrase)
+    size_t out;
+  };
+  constexpr size_t kGroup = 8;  // phrases per group: 16 searches in flight
+  Search st[2 * kGroup];
+  for (size_t g = 0; g < phrases.size(); g += kGroup) {
+    size_t ns = 0;
+    for (size_t i = g; i < std::min(phrases.size(), g + kGroup); ++i) {
+      const auto p = phrases[i];
+      const uint64_t lo = buckets_[p[0]], hi = buckets_[p[0] + 1];
+      out[i] = {lo, hi};
+      if (p.size() == 1 || lo == hi) continue;
+      st[ns++] = {lo, hi, 0, 0, p.data(), uint32_t(p.size()), false, i};
+      st[ns++] = {lo, hi, 0, 0, p.data(), uint32_t(p.size()), true, i};
+    }
+    bool active = ns > 0;
+    while (active) {
+      for (size_t k = 0; k < ns; ++k)
+        if (st[k].lo < st[k].hi) {
+          st[k].mid = st[k].lo + (st[k].hi - st[k].lo) / 2;
+          sa_.prefetch(st[k].mid);
+        }
+      for (size_t k = 0; k < ns; ++k)
+        if (st[k].lo < st[k].hi) {
+          st[k].q = sa_[st[k].mid];
+          __builtin_prefetch(text + st[k].q + 1);
+        }
+      active = false;
+      for (size_t k = 0; k < ns; ++k) {
+        Search& s = st[k];
+        if (s.lo >= s.hi) continue;
+        int c = 0;
+        for (uint64_t j = 1; j < s.m; ++j) {
+          if (s.q + j >= n_text_) {
+            c = -1;
+            break;
+          }
+          const uint32_t t = text[s.q + j];
+          if (t != s.p[j]) {
+            c = t < s.p[j] ? -1 : 1;
+            break;
+          }
+        }
+        if (s.upper ? c <= 0 : c < 0)
+          s.lo = s.mid + 1;
+        else
+          s.hi = s.mid;
+        active |= s.lo < s.hi;
+      }
+    }
+    for (size_t k = 0; k < ns; k += 2) out[st[k].out] = {st[k].lo, st[k + 1].lo};
+  }
+}
+
+void Shard::find_many(std::span<const std::span<const uint32_t>> phrases, std::pair<uint64_t, uint64_t>* out) const {
+  if (tbytes_ == 2)
+    find_many_impl<uint16_t>(phrases, out);
+  else
+    find_many_impl<uint32_t>(phrases, out);
+}
+
 std::pair<uint64_t, uint64_t> Shard::find(std::span<const uint32_t> phrase) const {
   if (phrase.empty()) throw std::invalid_argument("empty phrase");
   for (uint32_t t : phrase)

@@ -24,6 +24,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -355,6 +356,13 @@ class Vocabulary:
     entries: dict[str, list[LexEntry]]
     multiword: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
     _memo: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False, compare=False)
+    nominal_multiword: dict[str, list[tuple[str, ...]]] = field(default_factory=dict, repr=False, compare=False)
+    """Lowercased multi-word plain nouns (category ``N``) by first word, longest first."""
+    verbal_multiword: dict[str, list[tuple[str, ...]]] = field(default_factory=dict, repr=False, compare=False)
+    """Lowercased multi-word verbs by first word, longest first."""
+
+    word_memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Scratch memo for callers that derive per-word facts from this vocabulary (keys are theirs)."""
 
     def __post_init__(self) -> None:
         derived: dict[str, list[LexEntry]] = {}
@@ -380,6 +388,14 @@ class Vocabulary:
             for first in mw:
                 mw[first].sort(key=len, reverse=True)
             self.multiword = mw
+        for first, exprs in self.multiword.items():
+            for parts in exprs:
+                expr = " ".join(parts)
+                low = tuple(x.lower() for x in parts)
+                if self.is_nominal_expression(expr):
+                    self.nominal_multiword.setdefault(first, []).append(low)
+                if self.is_verbal_expression(expr):
+                    self.verbal_multiword.setdefault(first, []).append(low)
 
     def lookup(self, word: str) -> list[LexEntry]:
         """Entries for ``word`` as written, else for its lowercase form (sentence-initial words)."""

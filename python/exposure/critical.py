@@ -45,7 +45,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import pyarrow as pa
 
@@ -66,18 +66,14 @@ class RuleFailure(Exception):
 # ---------------------------------------------------------------------------------------------- words
 
 
-@dataclass(frozen=True, slots=True)
-class Word:
+class Word(NamedTuple):
     """A word of a sentence with its character span ``[start, end)``."""
 
     text: str
     start: int
     end: int
-    is_punct: bool = False
-
-    @property
-    def lower(self) -> str:
-        return self.text.lower()
+    lower: str
+    is_punct: bool
 
     @property
     def is_possessive(self) -> bool:
@@ -91,9 +87,11 @@ _WORD_RE = re.compile(r"[^\s.?!,;:]+|[.?!,;:]+")
 def split_words(sentence: str) -> list[Word]:
     """Words of ``sentence``: runs of characters other than whitespace and punctuation (``.?!,;:``);
     each run of punctuation is a word of its own."""
-    return [
-        Word(m.group(), m.start(), m.end(), m.group()[0] in PUNCTUATION) for m in _WORD_RE.finditer(sentence)
-    ]
+    out = []
+    for m in _WORD_RE.finditer(sentence):
+        t = m.group()
+        out.append(Word(t, m.start(), m.end(), t.lower(), t[0] in PUNCTUATION))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- alignment
@@ -269,12 +267,20 @@ class Sentence:
 
     def _is_noun_word(self, k: int) -> bool:
         w = self.words[k]
+        key = (w.text, k == 0)
+        memo = self.vocab.word_memo
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = self._noun_word_uncached(w, k == 0)
+        return hit
+
+    def _noun_word_uncached(self, w: Word, initial: bool) -> bool:
         if w.is_punct or w.is_possessive:
             return False
         if self.vocab.is_noun(w.text):
             return True
         if w.text[:1].isupper() and not self._known(w.text):
-            if k > 0:
+            if not initial:
                 return True  # an unknown capitalized word inside a sentence is a name
             return w.lower not in _FUNCTION_WORDS
         return False
@@ -285,23 +291,25 @@ class Sentence:
         return (
             k + m <= self.n
             and not words[k + m - 1].is_punct
-            and all(words[k + q].lower == parts[q].lower() for q in range(m))
+            and all(words[k + q].lower == parts[q] for q in range(1, m))
         )
 
     def _find_noun_chunks(self) -> None:
         k = 0
+        nominal = self.vocab.nominal_multiword
         while k < self.n:
-            done = False
-            for parts in self.vocab.expressions_starting(self.words[k].text):
-                if self._match_expression(k, parts) and self.vocab.is_nominal_expression(" ".join(parts)):
+            w = self.words[k]
+            found = False
+            for parts in nominal.get(w.lower, ()):
+                if self._match_expression(k, parts):
                     m = len(parts)
-                    a = k + 1 if parts[0].lower() == "the" else k
+                    a = k + 1 if parts[0] == "the" else k
                     for q in range(a, k + m):
                         self._chunk[q] = (a, k + m - 1)
                     k += m
-                    done = True
+                    found = True
                     break
-            if done:
+            if found:
                 continue
             if self._is_noun_word(k):
                 self._chunk[k] = (k, k)
@@ -310,8 +318,8 @@ class Sentence:
     def verb_group_end(self, k: int) -> int:
         """Last word of the verb starting at word ``k``: the longest multi-word verb of the vocabulary
         there ("talk to", "sit down"), else ``k`` itself."""
-        for parts in self.vocab.expressions_starting(self.words[k].text):
-            if self._match_expression(k, parts) and self.vocab.is_verbal_expression(" ".join(parts)):
+        for parts in self.vocab.verbal_multiword.get(self.words[k].lower, ()):
+            if self._match_expression(k, parts):
                 return k + len(parts) - 1
         return k
 

@@ -705,31 +705,32 @@ class Index:
     # -- queries -----------------------------------------------------------------------------
 
     def _batch(self, phrases: Iterable[PhraseLike]) -> tuple[np.ndarray, np.ndarray]:
+        """Flattens phrases to (uint32 tokens, int64 offsets), validating them all at once."""
         if isinstance(phrases, np.ndarray) and phrases.ndim == 1:
             raise ValueError("pass a list of phrases (wrap a single phrase in a list)")
-        arrays = []
-        for i, p in enumerate(phrases):
-            a = np.asarray(p)
-            if a.ndim != 1:
-                raise ValueError(f"phrase {i} must be a 1-D sequence of token ids")
-            if a.size == 0:
-                raise ValueError(f"phrase {i} is empty")
-            if not np.issubdtype(a.dtype, np.integer):
-                raise ValueError(f"phrase {i} must hold integer token ids, not {a.dtype}")
-            lo, hi = int(a.min()), int(a.max())
-            if lo < 0 or hi >= self.vocab_size:
-                raise ValueError(f"phrase {i} has token id {lo if lo < 0 else hi}, outside the vocabulary [0, {self.vocab_size})")
-            if self.max_phrase_tokens is not None and a.size > self.max_phrase_tokens:
-                raise ValueError(f"phrase {i} has {a.size} tokens; this index answers phrases of at most "
-                                 f"{self.max_phrase_tokens} (it was cut inside an item)")
-            arrays.append(a)
+        arrays = [np.asarray(p) for p in phrases]
         offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
-        if arrays:
-            np.cumsum([a.size for a in arrays], out=offsets[1:])
-            flat = np.concatenate(arrays).astype(np.uint32, copy=False)
-        else:
-            flat = np.zeros(0, dtype=np.uint32)
-        return np.ascontiguousarray(flat), offsets
+        if not arrays:
+            return np.zeros(0, dtype=np.uint32), offsets
+        lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+        np.cumsum(lengths, out=offsets[1:])
+        if lengths.min() == 0 or any(a.ndim != 1 for a in arrays):
+            i = next(i for i, a in enumerate(arrays) if a.ndim != 1 or a.size == 0)
+            raise ValueError(f"phrase {i} is empty" if arrays[i].size == 0 else f"phrase {i} must be a 1-D sequence of token ids")
+        flat = np.concatenate(arrays)
+        if not np.issubdtype(flat.dtype, np.integer):
+            i = next(i for i, a in enumerate(arrays) if not np.issubdtype(a.dtype, np.integer))
+            raise ValueError(f"phrase {i} must hold integer token ids, not {arrays[i].dtype}")
+        lo, hi = int(flat.min()), int(flat.max())
+        if lo < 0 or hi >= self.vocab_size:
+            bad = lo if lo < 0 else hi
+            i = int(np.searchsorted(offsets, int(np.flatnonzero(flat == bad)[0]), side="right")) - 1
+            raise ValueError(f"phrase {i} has token id {bad}, outside the vocabulary [0, {self.vocab_size})")
+        if self.max_phrase_tokens is not None and lengths.max() > self.max_phrase_tokens:
+            i = int(np.argmax(lengths))
+            raise ValueError(f"phrase {i} has {lengths[i]} tokens; this index answers phrases of at most "
+                             f"{self.max_phrase_tokens} (it was cut inside an item)")
+        return np.ascontiguousarray(flat, dtype=np.uint32), offsets
 
     def count(self, phrases: Iterable[PhraseLike]) -> np.ndarray:
         """Number of occurrences of each phrase (int64)."""

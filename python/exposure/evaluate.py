@@ -50,7 +50,7 @@ __all__ = [
     "load_results",
 ]
 
-DEFAULT_BATCH_TOKENS = 8192
+DEFAULT_BATCH_TOKENS = 16384
 """Padded tokens per forward pass (rows x longest sequence). Raise it on a large GPU for small models."""
 
 SCORING_CONVENTION = {

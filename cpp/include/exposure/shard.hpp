@@ -60,6 +60,9 @@ class Shard {
 
   // Suffix-array range [first, second) of the suffixes that start with `phrase`.
   std::pair<uint64_t, uint64_t> find(std::span<const uint32_t> phrase) const;
+  // find() for many phrases at once: their binary searches advance in lock-step so the memory
+  // accesses of one overlap the others' (software prefetch). Phrases must be valid.
+  void find_many(std::span<const std::span<const uint32_t>> phrases, std::pair<uint64_t, uint64_t>* out) const;
   // Smallest stream offset in the SA range, or -1 if it is empty.
   int64_t first_position(std::pair<uint64_t, uint64_t> range) const;
   WindowPlan plan_windows(std::span<const uint64_t> boundaries) const;
@@ -79,6 +82,8 @@ class Shard {
  private:
   template <class T>
   std::pair<uint64_t, uint64_t> find_impl(std::span<const uint32_t> phrase) const;
+  template <class T>
+  void find_many_impl(std::span<const std::span<const uint32_t>> phrases, std::pair<uint64_t, uint64_t>* out) const;
   uint32_t token(uint64_t q) const {
     if (tbytes_ == 2) {
       uint16_t v;

@@ -313,28 +313,29 @@ def analyze_concepts(
         raise ValueError(f"hidden states differ in shape between checkpoints {steps}: {sorted(shapes)}")
     n_layers = int(states[steps[0]].shape[2])
 
-    finite = np.ones(len(phenomenon), dtype=bool)
-    for s in steps:
-        arr = states[s]
-        for start in range(0, len(phenomenon), 4096):
-            block = np.asarray(arr[start : start + 4096])
-            finite[start : start + 4096] &= np.isfinite(block.reshape(len(block), -1)).all(axis=1)
-    if not finite.all():
-        notes.append(
-            f"{int((~finite).sum())} pair(s) with non-finite hidden states (float16 overflow?) at the compared "
-            "checkpoints are left out of the concept analysis."
-        )
+    # Sample first, then read only the sampled pairs' states (a full states file can be many GB).
     names = [ALL] + sorted(set(phenomenon.tolist()))
     samples: dict[str, np.ndarray] = {}
     for name in names:
-        idx = np.flatnonzero(finite & ((phenomenon == name) if name != ALL else True))
+        idx = np.flatnonzero((phenomenon == name) if name != ALL else np.ones(len(phenomenon), bool))
         if len(idx) > max_pairs:
             idx = np.sort(rng.choice(idx, size=max_pairs, replace=False))
             notes.append(f"{name}: {max_pairs} of its pairs (random sample) were used for probes and dimensions.")
         samples[name] = idx
-    union = np.unique(np.concatenate([samples[n] for n in names])) if names else np.array([], np.int64)
-    rows_of = {name: np.searchsorted(union, samples[name]) for name in names}
+    union = np.unique(np.concatenate([samples[n] for n in names]))
     loaded = {s: np.asarray(states[s][union]) for s in steps}  # [m, 2, L+1, d], float16
+    finite = np.ones(len(union), dtype=bool)
+    for s in steps:
+        finite &= np.isfinite(loaded[s].reshape(len(union), -1)).all(axis=1)
+    if not finite.all():
+        notes.append(
+            f"{int((~finite).sum())} sampled pair(s) with non-finite hidden states (no critical token, or float16 "
+            "overflow) at the compared checkpoints are left out of the concept analysis."
+        )
+    rows_of = {}
+    for name in names:
+        rows = np.searchsorted(union, samples[name])
+        rows_of[name] = rows[finite[rows]]
 
     when = {choice.before: "before", choice.after: "after"} if choice.comparable else {steps[0]: "only"}
     layer_rows: list[dict] = []

@@ -306,20 +306,24 @@ def plot_head_concentration(heads: HeadResult, path: Path, name: str = ALL) -> P
     return _save(fig, path)
 
 
-def plot_top_head_trajectories(heads: HeadResult, path: Path, name: str = ALL) -> Path:
+def plot_top_head_trajectories(heads: HeadResult, path: Path, name: str = ALL, max_lines: int = 10) -> Path:
+    """Mean attention over checkpoints of the heads that are dominant (> 2 × the average head) at any
+    checkpoint, plus the top-k of the last checkpoint; at most ``max_lines``, the strongest first."""
+    from .report import dominant_heads
+
     m = heads.means[name]
-    chosen: list[tuple[int, int]] = []
-    for t in (len(heads.steps) - 1, 0):
-        for layer, head in heads.top[name][t]:
-            if (int(layer), int(head)) not in chosen:
-                chosen.append((int(layer), int(head)))
+    chosen: set[tuple[int, int]] = set()
+    for t in range(len(heads.steps)):
+        chosen.update(dominant_heads(m[t]))
+    chosen.update((int(layer), int(head)) for layer, head in heads.top[name][-1])
+    ranked = sorted(chosen, key=lambda lh: -float(np.nanmax(m[:, lh[0], lh[1]])))[:max_lines]
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
     x = heads.steps + 1
-    for layer, head in chosen:
+    for layer, head in ranked:
         ax.plot(x, m[:, layer, head], marker="o", ms=3, label=f"layer {layer}, head {head}")
     _log_steps(ax)
     ax.set_ylabel("mean attention weight critical → context (0–1)")
-    ax.set_title("Trajectories of the top heads (top at the first and at the last checkpoint)")
+    ax.set_title(f"Trajectories of the dominant heads and the last checkpoint's top {heads.top_k}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     return _save(fig, path)

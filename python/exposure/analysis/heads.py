@@ -168,7 +168,7 @@ TOP_SCHEMA = pa.schema(
 
 def tables(result: HeadResult) -> dict[str, pa.Table]:
     """head_attention (long form), head_concentration and top_heads tables."""
-    n_steps, n_layers, n_heads = result.means[ALL].shape
+    _, n_layers, n_heads = result.means[ALL].shape
     cols: dict[str, list] = {k: [] for k in HEADS_SCHEMA.names}
     conc = []
     top_rows = []

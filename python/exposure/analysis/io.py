@@ -77,7 +77,7 @@ class EvalData:
 
     @property
     def n_pairs(self) -> int:
-        return int(len(self.pair_uids))
+        return len(self.pair_uids)
 
     @property
     def phenomena(self) -> list[str]:

@@ -181,7 +181,8 @@ def analyze(
             (figures.plot_head_concentration(heads, fig("head_concentration.png")),
              "Concentration of that attention across heads over checkpoints."),
             (figures.plot_top_head_trajectories(heads, fig("top_heads.png")),
-             "Mean attention of the top heads over checkpoints."),
+             "Mean attention over checkpoints of the dominant heads (above twice the average head at some checkpoint) "
+             "and of the last checkpoint's top heads."),
         ]
 
     meta = [
@@ -212,7 +213,10 @@ def analyze(
         "per-pair out-of-fold correctness; participation ratio — paired bootstrap. Benjamini–Hochberg over all "
         f"phenomenon × layer tests (q < 0.05 = significant); no test with fewer than {concepts_mod.MIN_TEST_PAIRS} pairs.",
         f"Heads: mean attention weight critical → context over pairs and both sentences; concentration = share of "
-        f"the top {top_k} heads and the Gini coefficient over all heads; top-set stability = Jaccard overlap.",
+        f"the top {top_k} heads and the Gini coefficient over all heads; top-set stability = Jaccard overlap; "
+        "dominant heads = mean attention above twice the average head.",
+        "A pair correct only at the last checkpoint counts as learned there; at chance that is half of the pairs, "
+        "so compare per-pair counts with the never-exposed control.",
     ]
     sections = [gen_section, con_section, head_section]
     if data.notes:

@@ -27,15 +27,22 @@ def _num(x: float | None, digits: int = 2) -> str:
 def _ci(low: float, high: float, digits: int = 0, unit: str = "") -> str:
     if not (np.isfinite(low) and np.isfinite(high)):
         return "95% CI n/a"
+    sep = " to " if min(low, high) < 0 else "–"
     if digits == 0:
-        return f"95% CI {low:,.0f}–{high:,.0f}{unit}"
-    return f"95% CI {low:.{digits}f}–{high:.{digits}f}{unit}"
+        return f"95% CI {low:,.0f}{sep}{high:,.0f}{unit}"
+    return f"95% CI {low:.{digits}f}{sep}{high:.{digits}f}{unit}"
 
 
 def _p(p: float | None) -> str:
     if p is None or not np.isfinite(p):
         return "n/a"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_is(p: float | None) -> str:
+    """' < 0.001' or ' = 0.023' (for running text)."""
+    text = _p(p)
+    return f" {text}" if text.startswith("<") else f" = {text}"
 
 
 def _crossing_text(c: Crossing, threshold: float, min_pairs: int) -> str:
@@ -141,7 +148,7 @@ def summarize_generalization(g: GeneralizationResult) -> list[str]:
         )
         if lg.n_learned_exposed:
             text += (
-                f", with a median lag of {lg.median_lag:,.0f} steps after first exposure "
+                f", with a median lag (learned at − first exposure) of {lg.median_lag:,.0f} steps "
                 f"({_ci(lg.median_ci_low, lg.median_ci_high)}); {lg.n_before_exposure} "
                 f"({lg.n_before_exposure / lg.n_learned_exposed:.0%}) were learned at or before their first exposure"
             )
@@ -150,7 +157,12 @@ def summarize_generalization(g: GeneralizationResult) -> list[str]:
             text += f"; {lg.n_censored} are correct from the first checkpoint on (left-censored: their lag is an upper bound)"
         out.append(text + ".")
     if lg.n_control:
-        out.append(f"Of the {lg.n_control} never-exposed pairs, {lg.n_control_learned} are learned by the last checkpoint.")
+        out.append(
+            f"Of the {lg.n_control} never-exposed pairs, {lg.n_control_learned} "
+            f"({lg.n_control_learned / lg.n_control:.0%}) count as learned by the last checkpoint; a pair at chance is "
+            "correct at the last checkpoint half the time, so read this next to the control's final accuracy "
+            f"({_num(d.never.final_accuracy)})."
+        )
     return out
 
 
@@ -186,7 +198,7 @@ def summarize_concepts(c: ConceptResult) -> list[str]:
             verdict = "significant" if big["probe_significant"] else "not significant"
             out.append(
                 f"Largest probe change, all phenomena: layer {big['layer']}, {big['probe_accuracy_change']:+.2f} accuracy "
-                f"(paired permutation p = {_p(big['probe_p'])}, BH q = {_p(big['probe_q'])}: {verdict}); "
+                f"(paired permutation p{_p_is(big['probe_p'])}, BH q{_p_is(big['probe_q'])}: {verdict}); "
                 f"{sum(r['probe_significant'] for r in ch)} of {len(ch)} layers change significantly."
             )
             prs = [r for r in tested if r["participation_ratio_change"] is not None]
@@ -198,7 +210,7 @@ def summarize_concepts(c: ConceptResult) -> list[str]:
                     f"Largest change in dimension: layer {big['layer']}, participation ratio "
                     f"{big['participation_ratio_change']:+.1f} → {way} "
                     f"({_ci(big['participation_ratio_change_ci_low'], big['participation_ratio_change_ci_high'], 1)}, "
-                    f"bootstrap p = {_p(big['participation_ratio_p'])}, BH q = {_p(big['participation_ratio_q'])}: {verdict})."
+                    f"bootstrap p{_p_is(big['participation_ratio_p'])}, BH q{_p_is(big['participation_ratio_q'])}: {verdict})."
                 )
     per = [r for r in c.changes.to_pylist() if r["phenomenon"] != ALL]
     if per:
@@ -226,6 +238,17 @@ def _head_name(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
 
 
+def dominant_heads(means: np.ndarray, factor: float = 2.0) -> list[tuple[int, int]]:
+    """(layer, head) of the heads whose mean attention exceeds ``factor`` × the average head, largest first."""
+    m = np.nan_to_num(np.asarray(means, dtype=np.float64))
+    avg = m.mean()
+    if avg <= 0:
+        return []
+    idx = np.argwhere(m > factor * avg)
+    order = np.argsort(-m[idx[:, 0], idx[:, 1]], kind="stable")
+    return [(int(a), int(b)) for a, b in idx[order]]
+
+
 def summarize_heads(h: HeadResult | None, before_after: list[int]) -> list[str]:
     if h is None:
         return ["The evaluation output has no attention (attention/step{S}.npy): no head analysis."]
@@ -240,6 +263,12 @@ def summarize_heads(h: HeadResult | None, before_after: list[int]) -> list[str]:
         f"{h.share[name][last]:.0%} of the mean critical → context attention (a uniform spread would give "
         f"{min(1.0, uniform):.0%}); Gini coefficient {_num(h.gini[name][last])}. Top heads (mean attention): {tops}."
     ]
+    dominant = [dominant_heads(h.means[name][t]) for t in range(len(h.steps))]
+    out.append(
+        f"Dominant heads (mean attention above twice the average head) at step {int(h.steps[last]):,}: "
+        + (", ".join(_head_name(*x) for x in dominant[last]) or "none")
+        + "."
+    )
     if len(h.steps) > 1:
         first = h.top_set(name, 0)
         final = h.top_set(name, last)
@@ -249,11 +278,26 @@ def summarize_heads(h: HeadResult | None, before_after: list[int]) -> list[str]:
             f"From step {int(h.steps[0]):,} to step {int(h.steps[last]):,} the top-{h.top_k} set overlaps by Jaccard "
             f"{h.jaccard_final[name][0]:.2f}; the share of the top heads went from {h.share[name][0]:.0%} to "
             f"{h.share[name][last]:.0%} and the Gini coefficient from {_num(h.gini[name][0])} to {_num(h.gini[name][last])}."
-            + (f" Entered the top: {', '.join(_head_name(*x) for x in entered)}." if entered else "")
-            + (f" Left the top: {', '.join(_head_name(*x) for x in left)}." if left else "")
+            + (f" Entered the top {h.top_k}: {', '.join(_head_name(*x) for x in entered)}." if entered else "")
+            + (f" Left the top {h.top_k}: {', '.join(_head_name(*x) for x in left)}." if left else "")
         )
         changes = int(np.sum(h.jaccard_previous[name][1:] < 1.0))
-        out.append(f"The top-{h.top_k} set changes between {changes} of {len(h.steps) - 1} consecutive checkpoint pairs.")
+        dom_changes = [t for t in range(1, len(h.steps)) if set(dominant[t]) != set(dominant[t - 1])]
+        text = (
+            f"The top-{h.top_k} set changes between {changes} of {len(h.steps) - 1} consecutive checkpoints (heads near "
+            f"the noise floor swap easily); the dominant set changes {len(dom_changes)} time(s)"
+        )
+        if dom_changes:
+            text += ": " + "; ".join(
+                f"at step {int(h.steps[t]):,} "
+                + (", ".join(_head_name(*x) for x in dominant[t - 1]) or "none")
+                + " → "
+                + (", ".join(_head_name(*x) for x in dominant[t]) or "none")
+                for t in dom_changes[:6]
+            )
+            if len(dom_changes) > 6:
+                text += f"; and {len(dom_changes) - 6} more"
+        out.append(text + ".")
     for step in before_after:
         idx = np.flatnonzero(h.steps == step)
         if len(idx):

@@ -29,15 +29,11 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from exposure.data import DEFAULT_PHENOMENA
+
 HERE = Path(__file__).resolve().parent
 
-PHENOMENA: tuple[str, ...] = (
-    "determiner_noun_agreement",
-    "subject_verb_agreement",
-    "anaphor_agreement",
-    "irregular_forms",
-    "npi_licensing",
-)
+PHENOMENA: tuple[str, ...] = DEFAULT_PHENOMENA
 """BLiMP ``linguistics_term`` values bundled: every paradigm with one of these terms."""
 
 BOOKS: tuple[tuple[str, str], ...] = (

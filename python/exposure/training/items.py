@@ -77,7 +77,10 @@ class IndexItems:
         return [stream[a - lo : b - lo] for a, b in bounds]
 
     def max_item_length(self) -> int:
-        """Length of the longest item (reads every item's bounds)."""
+        """Length of the longest item (the manifest's fixed item length, else every item's bounds)."""
+        fixed = (getattr(self.index, "manifest", None) or {}).get("items", {}).get("length")
+        if fixed is not None and self._n > 0:
+            return min(int(fixed), int(self.index.num_tokens))
         best = 0
         for i in range(self._n):
             a, b = self.bounds(i)
