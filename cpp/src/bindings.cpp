@@ -31,7 +31,8 @@ py::dict build_result(const ShardBuildResult& r) {
                                                       py::arg("xxh64") = f.xxh64));
   return py::dict(py::arg("files") = files, py::arg("text_tokens") = r.text_tokens,
                   py::arg("suffixes") = r.suffixes, py::arg("sa_width") = r.sa_width,
-                  py::arg("seconds_sa") = r.seconds_sa, py::arg("seconds_total") = r.seconds_total);
+                  py::arg("seconds_sa") = r.seconds_sa, py::arg("seconds_windows") = r.seconds_windows,
+                  py::arg("seconds_total") = r.seconds_total);
 }
 
 std::vector<WindowSpec> window_specs(const std::vector<std::pair<std::string, CArray<uint64_t>>>& windows) {

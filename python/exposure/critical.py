@@ -315,6 +315,14 @@ class Sentence:
                 self._chunk[k] = (k, k)
             k += 1
 
+    def verb_group_start(self, i: int) -> int:
+        """First word of the multi-word verb of the vocabulary that word ``i`` ends or is inside ("to" in
+        "talk to"), else ``i``."""
+        for k in range(max(0, i - 3), i):
+            if self.verb_group_end(k) >= i:
+                return k
+        return i
+
     def verb_group_end(self, k: int) -> int:
         """Last word of the verb starting at word ``k``: the longest multi-word verb of the vocabulary
         there ("talk to", "sit down"), else ``k`` itself."""
@@ -712,6 +720,7 @@ def rule_verb_object(an: PairAnalysis) -> tuple[Decision, Decision]:
     for side, (a, b) in zip(("good", "bad"), subs):
         s = an.side(side)
         b = max(b, s.verb_group_end(a))  # a particle both verbs share ("climbing up" / "speaking up")
+        a = min(a, s.verb_group_start(a))  # a verb both share before a differing particle ("talk to")
         _require(b + 1 < s.n and not s[b + 1].is_punct, "no object after the verb")
         out.append(an.decide(side, b + 1, b, extra=(a,)))
     return out[0], out[1]

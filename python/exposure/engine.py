@@ -35,6 +35,7 @@ _WINDOW_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # array (64-bit beyond 2^32 tokens), SA-IS type bits, and the window-structure scratch.
 _SA_OVERHEAD = 4.3
 _FIXED_OVERHEAD = 96 << 20
+_MIN_PARALLEL_SHARD = 16 << 20
 
 IndexFileError = _core.IndexFileError
 """Raised when an index directory is missing, truncated, foreign or of another format version."""
@@ -183,6 +184,10 @@ class IndexBuilder:
             # separator per item).
             text = int(total_tokens) + int(total_items or 0)
             n_shards = max(1, -(-text // max(cap, 1)))
+            # Suffix sorting is sequential, so with T threads a large stream gets at least T shards
+            # (of at least _MIN_PARALLEL_SHARD tokens) that build side by side. threads=1 keeps
+            # one shard where the budget allows.
+            n_shards = max(n_shards, min(self.parallel, text // _MIN_PARALLEL_SHARD))
             cap = min(cap, -(-text // n_shards) + 1)
         if shard_tokens is not None:  # explicit shard size (tests, or matching a cluster's layout)
             if shard_tokens < 1:
@@ -497,6 +502,7 @@ class IndexBuilder:
             sa_width=res["sa_width"],
             suffixes=res["suffixes"],
             seconds_sa=round(res["seconds_sa"], 3),
+            seconds_windows=round(res["seconds_windows"], 3),
             seconds=round(res["seconds_total"], 3),
             files={f["name"]: {"bytes": f["bytes"], "xxh64": f"{f['xxh64']:016x}"} for f in res["files"]},
         )

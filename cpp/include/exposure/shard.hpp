@@ -37,6 +37,7 @@ struct ShardBuildResult {
   uint64_t suffixes = 0;       // suffix-array entries (owned, non-separator positions)
   unsigned sa_width = 0;       // bytes per suffix-array entry
   double seconds_sa = 0;       // suffix sorting
+  double seconds_windows = 0;  // window structures
   double seconds_total = 0;
 };
 

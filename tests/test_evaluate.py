@@ -1,0 +1,393 @@
+"""``exposure eval``: batched scoring equals a one-sentence-at-a-time reference; states, attention, resume, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import PreTrainedTokenizerFast
+
+from exposure.cli import main as cli_main
+from exposure.evaluate import EvalError, evaluate_run, load_results
+from exposure.scoring import runs as runs_module
+from exposure.scoring.batching import make_batch, plan_batches
+
+TOKENIZERS = Path("/work/shared/data/tokenizers")
+NEOX = TOKENIZERS / "gpt-neox-20b" / "tokenizer.json"
+GPT2 = TOKENIZERS / "gpt2" / "tokenizer.json"
+BLIMP = Path("/work/shared/data/blimp")
+PARADIGMS = (
+    "determiner_noun_agreement_1",
+    "regular_plural_subject_verb_agreement_1",
+    "anaphor_gender_agreement",
+    "wh_questions_object_gap",
+    "existential_there_quantifiers_1",
+)
+STEPS = (0, 1, 2)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_pairs(tokenizer_file: Path, per_paradigm: int = 5) -> pa.Table:
+    """Real BLiMP pairs; critical word = where the token sequences differ, context = the token before it.
+
+    Two rows are edited to exercise the 'none' cases: one pair without a critical phrase (-1), one whose
+    critical word is the first token (so no context token).
+    """
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    rows: list[dict[str, Any]] = []
+    for paradigm in PARADIGMS:
+        with open(BLIMP / f"{paradigm}.jsonl") as handle:
+            lines = handle.readlines()[:per_paradigm]
+        for line in lines:
+            rec = json.loads(line)
+            good = tokenizer.encode(rec["sentence_good"], add_special_tokens=False).ids
+            bad = tokenizer.encode(rec["sentence_bad"], add_special_tokens=False).ids
+            first = 0
+            while first < min(len(good), len(bad)) and good[first] == bad[first]:
+                first += 1
+            tail = 0
+            while tail < min(len(good), len(bad)) - first and good[-1 - tail] == bad[-1 - tail]:
+                tail += 1
+            row: dict[str, Any] = {
+                "pair_uid": f"{rec['UID']}/{rec['pairID']}",
+                "uid": rec["UID"],
+                "pair_id": int(rec["pairID"]),
+                "phenomenon": rec["linguistics_term"],
+                "sentence_good": rec["sentence_good"],
+                "sentence_bad": rec["sentence_bad"],
+            }
+            for side, ids in (("good", good), ("bad", bad)):
+                start = min(first, len(ids) - 1)
+                row[f"{side}_critical_start"] = start
+                row[f"{side}_critical_token"] = min(max(len(ids) - tail - 1, start), len(ids) - 1)
+                row[f"{side}_context_token"] = start - 1
+            rows.append(row)
+    for side in ("good", "bad"):
+        rows[1][f"{side}_critical_start"] = rows[1][f"{side}_critical_token"] = -1
+        rows[2][f"{side}_critical_start"] = rows[2][f"{side}_critical_token"] = 0
+        rows[2][f"{side}_context_token"] = -1
+    table = pa.Table.from_pylist(rows)
+    for i, name in enumerate(table.column_names):
+        if name.endswith(("_start", "_token")):
+            table = table.set_column(i, name, table.column(name).cast(pa.int32()))
+    return table.replace_schema_metadata(
+        {
+            b"exposure.tokenizer_sha256": sha256(tokenizer_file).encode(),
+            b"exposure.checkpoints": json.dumps(list(STEPS)).encode(),
+        }
+    )
+
+
+def make_run(root: Path, kind: str, tokenizer_file: Path, steps: tuple[int, ...] = STEPS) -> Path:
+    """``root/step{S}/``: a tiny random model per step (transformers layout) with its tokenizer."""
+    if kind == "gpt_neox":
+        config: Any = GPTNeoXConfig(
+            vocab_size=50304, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64, rotary_pct=0.25,
+        )
+        cls: Any = GPTNeoXForCausalLM
+    else:
+        config = GPT2Config(vocab_size=50257, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+        cls = GPT2LMHeadModel
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(tokenizer_file), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
+    for step in steps:
+        torch.manual_seed(100 + step)
+        model = cls(config)
+        folder = root / f"step{step}"
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        shutil.copyfile(tokenizer_file, folder / "tokenizer.json")  # the original bytes: the sha256 check passes
+    return root
+
+
+@pytest.fixture(scope="module")
+def neox(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("neox")
+    pairs = make_pairs(NEOX)
+    pq.write_table(pairs, base / "pairs.parquet")
+    run = make_run(base / "run", "gpt_neox", NEOX)
+    return {"base": base, "pairs": base / "pairs.parquet", "run": run, "table": pairs}
+
+
+@pytest.fixture(scope="module")
+def neox_results(neox: dict[str, Any]) -> Any:
+    # a small token budget: many batches, padding in most of them
+    return evaluate_run(neox["pairs"], neox["run"], neox["base"] / "out", device="cpu", dtype="fp32",
+                        batch_tokens=48, progress=False)
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("gpt2")
+    pairs = make_pairs(GPT2, per_paradigm=3)
+    pq.write_table(pairs, base / "pairs.parquet")
+    run = make_run(base / "run", "gpt2", GPT2, steps=(0, 5))
+    results = evaluate_run(base / "pairs.parquet", run, base / "out", device="cpu", dtype="fp32", batch_tokens=40,
+                           progress=False)
+    return {"base": base, "pairs": base / "pairs.parquet", "run": run, "table": pairs, "results": results}
+
+
+def reference(run: Path, step: int, table: pa.Table, tokenizer_file: Path, prefix: int) -> dict[str, np.ndarray]:
+    """One sentence at a time, eager attention, full outputs: the plain way of computing everything."""
+    model = AutoModelForCausalLM.from_pretrained(run / f"step{step}", attn_implementation="eager",
+                                                 dtype=torch.float32).eval()
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    n = table.num_rows
+    layers, heads, width = model.config.num_hidden_layers, model.config.num_attention_heads, model.config.hidden_size
+    out = {
+        "logp": np.zeros((n, 2)),
+        "crit": np.full((n, 2), np.nan),
+        "states": np.full((n, 2, layers + 1, width), np.nan, dtype=np.float32),
+        "attention": np.full((n, 2, layers, heads), np.nan, dtype=np.float32),
+    }
+    cols = table.to_pydict()
+    for i in range(n):
+        for s, side in enumerate(("good", "bad")):
+            ids = [prefix] + tokenizer.encode(cols[f"sentence_{side}"][i], add_special_tokens=False).ids
+            with torch.inference_mode():
+                res = model(input_ids=torch.tensor([ids]), output_hidden_states=True, output_attentions=True,
+                            use_cache=False)
+            logp = torch.log_softmax(res.logits[0].double(), dim=-1)
+            token_logp = logp[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
+            out["logp"][i, s] = token_logp.sum()
+            start, crit, ctx = (cols[f"{side}_{f}"][i] for f in ("critical_start", "critical_token", "context_token"))
+            if crit >= 0:
+                out["crit"][i, s] = token_logp[start : crit + 1].sum()
+                out["states"][i, s] = torch.stack([h[0, crit + 1] for h in res.hidden_states]).numpy()
+                if ctx >= 0:
+                    out["attention"][i, s] = torch.stack(
+                        [a[0, :, crit + 1, ctx + 1] for a in res.attentions]
+                    ).numpy()
+    return out
+
+
+def check_against_reference(results: Any, run: Path, table: pa.Table, tokenizer_file: Path, step: int) -> None:
+    ref = reference(run, step, table, tokenizer_file, results.run["prefix_token_id"])
+    scores = results.scores(step)
+    assert scores.column("pair_uid").to_pylist() == table.column("pair_uid").to_pylist()
+    assert scores.column("step").to_pylist() == [step] * table.num_rows
+    logp = np.stack([scores.column("logp_good").to_numpy(), scores.column("logp_bad").to_numpy()], axis=1)
+    np.testing.assert_allclose(logp, ref["logp"], rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(scores.column("correct").to_numpy(zero_copy_only=False), logp[:, 0] > logp[:, 1])
+    crit = np.stack([scores.column("crit_logp_good").to_numpy(), scores.column("crit_logp_bad").to_numpy()], axis=1)
+    np.testing.assert_allclose(crit, ref["crit"], rtol=0, atol=1e-4)  # NaN where the reference has NaN
+    np.testing.assert_allclose(scores.column("crit_margin").to_numpy(), crit[:, 0] - crit[:, 1], rtol=0, atol=1e-12)
+    states = results.states(step)
+    assert states.dtype == np.float16 and states.shape == ref["states"].shape
+    # float16 storage: within rounding (half an ulp, 2**-11 relative) of the float32 reference values
+    np.testing.assert_allclose(states.astype(np.float32), ref["states"], rtol=1e-3, atol=1e-6)
+    assert np.array_equal(np.isnan(states), np.isnan(ref["states"]))
+    attention = results.attention(step)
+    assert attention.dtype == np.float32 and attention.shape == ref["attention"].shape
+    np.testing.assert_allclose(attention, ref["attention"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("step", [0, 2])
+def test_neox_equals_one_at_a_time_reference(neox: dict[str, Any], neox_results: Any, step: int) -> None:
+    check_against_reference(neox_results, neox["run"], neox["table"], NEOX, step)
+
+
+def test_gpt2_equals_one_at_a_time_reference(gpt2: dict[str, Any]) -> None:
+    results = gpt2["results"]
+    assert results.run["prefix_token_id"] == 50256 and results.run["model_type"] == "gpt2"
+    for step in (0, 5):
+        check_against_reference(results, gpt2["run"], gpt2["table"], GPT2, step)
+
+
+def test_missing_positions_are_nan(neox_results: Any) -> None:
+    scores = neox_results.scores(0)
+    assert np.isnan(scores.column("crit_logp_good")[1].as_py()) and np.isnan(scores.column("crit_margin")[1].as_py())
+    assert not np.isnan(scores.column("logp_good")[1].as_py())
+    assert np.isnan(neox_results.states(0)[1]).all() and not np.isnan(neox_results.states(0)[2]).any()
+    assert np.isnan(neox_results.attention(0)[1:3]).all()
+    assert not np.isnan(neox_results.attention(0)[[0, 3]]).any()
+
+
+def test_output_layout_and_run_json(neox: dict[str, Any], neox_results: Any) -> None:
+    out = neox["base"] / "out"
+    run = json.loads((out / "run.json").read_text())
+    assert run["finished_checkpoints"] == list(STEPS) and run["checkpoints"] == list(STEPS)
+    assert (run["n_layers"], run["n_heads"], run["d_model"]) == (2, 4, 32)
+    assert run["dtype"] == "float32" and run["device"] == "cpu" and run["tokenizer_check"] == "sha256"
+    assert run["pairs_sha256"] == sha256(neox["pairs"]) and run["prefix_token_id"] == 0
+    assert run["n_pairs"] == neox["table"].num_rows
+    assert pq.read_table(out / "pairs.parquet").equals(neox["table"])
+    n = neox["table"].num_rows
+    for step in STEPS:
+        assert np.load(out / "states" / f"step{step}.npy").shape == (n, 2, 3, 32)
+        assert np.load(out / "attention" / f"step{step}.npy").shape == (n, 2, 2, 4)
+        assert pq.read_table(out / "scores" / f"step{step}.parquet").num_rows == n
+    assert not list(out.rglob("*.partial"))
+    assert neox_results.scores().num_rows == n * len(STEPS)
+    assert load_results(out).checkpoints == STEPS
+
+
+def assert_tables_identical(a: pa.Table, b: pa.Table) -> None:
+    """Same schema and bit-identical values (NaN equal to NaN, which ``pa.Table.equals`` does not allow)."""
+    assert a.schema == b.schema
+    for name in a.column_names:
+        np.testing.assert_array_equal(a.column(name).to_numpy(zero_copy_only=False),
+                                      b.column(name).to_numpy(zero_copy_only=False), err_msg=name)
+
+
+def _same_results(a: Path, b: Path) -> None:
+    ra, rb = load_results(a), load_results(b)
+    assert ra.checkpoints == rb.checkpoints
+    assert ra.pairs.equals(rb.pairs)
+    for step in ra.checkpoints:
+        assert_tables_identical(ra.scores(step), rb.scores(step))
+        np.testing.assert_array_equal(ra.states(step), rb.states(step))
+        np.testing.assert_array_equal(ra.attention(step), rb.attention(step))
+
+
+def test_resume_after_crash_gives_identical_tables(
+    neox: dict[str, Any], neox_results: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+
+    def crash(step: int, batch: int) -> None:
+        if step == 1 and batch == 3:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C in the middle of checkpoint 1
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(neox["pairs"], neox["run"], out, device="cpu", dtype="fp32", batch_tokens=48, progress=False,
+                     on_batch=crash)
+    assert json.loads((out / "run.json").read_text())["finished_checkpoints"] == [0]
+    assert list((out / "states").glob("*.partial"))  # the interrupted checkpoint left its temporary file
+    step0 = (out / "scores" / "step0.parquet").stat().st_mtime_ns
+
+    loads: list[int] = []
+    original = runs_module.Run.load_model
+
+    def counting(self: Any, step: int, device: Any, dtype: Any) -> Any:
+        loads.append(step)
+        return original(self, step, device, dtype)
+
+    monkeypatch.setattr(runs_module.Run, "load_model", counting)
+    evaluate_run(neox["pairs"], neox["run"], out, device="cpu", dtype="fp32", batch_tokens=48, progress=False)
+    assert loads == [1, 2]  # step 0 is finished and never recomputed
+    assert (out / "scores" / "step0.parquet").stat().st_mtime_ns == step0
+    assert not list(out.rglob("*.partial"))
+    _same_results(out, neox["base"] / "out")
+
+    loads.clear()  # a finished run: nothing to do, nothing loaded
+    evaluate_run(neox["pairs"], neox["run"], out, device="cpu", dtype="fp32", batch_tokens=48, progress=False)
+    assert loads == []
+
+
+def test_resume_refuses_another_evaluation(neox: dict[str, Any], neox_results: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(neox["base"] / "out", out)
+    other = neox["table"].slice(0, 5)
+    with pytest.raises(EvalError, match="pairs_content_sha256"):
+        evaluate_run(other, neox["run"], out, device="cpu", dtype="fp32", progress=False)
+    with pytest.raises(EvalError, match="dtype"):
+        evaluate_run(neox["pairs"], neox["run"], out, device="cpu", dtype="bf16", progress=False)
+
+
+def test_extra_checkpoints_extend_a_finished_directory(neox: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    table = neox["table"].slice(0, 4)
+    evaluate_run(table, neox["run"], out, checkpoints=[2], device="cpu", dtype="fp32", progress=False)
+    results = evaluate_run(table, neox["run"], out, checkpoints=[0, 2], device="cpu", dtype="fp32", progress=False)
+    assert results.checkpoints == (0, 2) and results.run["checkpoints"] == [0, 2]
+    assert results.run["pairs_file"] is None and results.run["pairs_sha256"]  # in-memory table: copy's sha256
+
+
+def test_bf16_path_runs_on_cpu(neox: dict[str, Any], neox_results: Any, tmp_path: Path) -> None:
+    table = neox["table"].slice(0, 6)
+    results = evaluate_run(table, neox["run"], tmp_path / "out", checkpoints=[0], device="cpu", dtype="bf16",
+                           progress=False)
+    assert results.run["dtype"] == "bfloat16"
+    got = results.scores(0).column("logp_good").to_numpy()
+    want = neox_results.scores(0).column("logp_good").to_numpy()[:6]
+    np.testing.assert_allclose(got, want, rtol=0.02)
+    assert results.states(0).dtype == np.float16
+
+
+def test_tokenizer_checks(neox: dict[str, Any], tmp_path: Path) -> None:
+    table = neox["table"].slice(0, 4)
+    gpt2_run = make_run(tmp_path / "gpt2run", "gpt2", GPT2, steps=(0,))
+    with pytest.raises(EvalError, match="tokenizer mismatch"):
+        evaluate_run(table, gpt2_run, tmp_path / "a", device="cpu", progress=False)
+    # a checkpoint whose tokenizer.json was re-serialized by save_pretrained: same tokenizer, other bytes
+    resaved = make_run(tmp_path / "resaved", "gpt_neox", NEOX, steps=(0,))
+    PreTrainedTokenizerFast(tokenizer_file=str(NEOX), bos_token="<|endoftext|>",
+                            eos_token="<|endoftext|>").save_pretrained(resaved / "step0")
+    assert sha256(resaved / "step0" / "tokenizer.json") != sha256(NEOX)
+    with pytest.raises(EvalError, match="--tokenizer"):
+        evaluate_run(table, resaved, tmp_path / "b", device="cpu", progress=False)
+    results = evaluate_run(table, resaved, tmp_path / "c", device="cpu", progress=False, reference_tokenizer=NEOX)
+    assert results.run["tokenizer_check"] == "equivalent"
+    with pytest.raises(EvalError, match="not the one the pairs were built with"):
+        evaluate_run(table, resaved, tmp_path / "d", device="cpu", progress=False, reference_tokenizer=GPT2)
+    with pytest.raises(EvalError, match="different vocabularies"):
+        evaluate_run(table, gpt2_run, tmp_path / "e", device="cpu", progress=False, reference_tokenizer=NEOX)
+    unmarked = table.replace_schema_metadata({})
+    results = evaluate_run(unmarked, resaved, tmp_path / "f", device="cpu", progress=False)
+    assert results.run["tokenizer_check"] == "unchecked"
+
+
+def test_bad_inputs_are_refused(neox: dict[str, Any], tmp_path: Path) -> None:
+    table = neox["table"].slice(0, 4)
+    crit = table.column("good_critical_token").to_pylist()
+    crit[3] = 40
+    broken = table.set_column(table.column_names.index("good_critical_token"), "good_critical_token",
+                              pa.array(crit, pa.int32()))
+    with pytest.raises(EvalError, match="another tokenizer"):
+        evaluate_run(broken, neox["run"], tmp_path / "a", device="cpu", progress=False)
+    with pytest.raises(EvalError, match="lacks column"):
+        evaluate_run(table.drop_columns(["bad_context_token"]), neox["run"], tmp_path / "b", progress=False)
+    with pytest.raises(EvalError, match=r"\[7\] not in"):
+        evaluate_run(table, neox["run"], tmp_path / "c", checkpoints=[0, 7], progress=False)
+    with pytest.raises(EvalError, match="no checkpoint folders"):
+        evaluate_run(table, tmp_path, tmp_path / "d", progress=False)
+    with pytest.raises(FileNotFoundError):
+        evaluate_run(table, tmp_path / "missing_dir/run", tmp_path / "e", progress=False)
+
+
+def test_cli_eval(neox: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    argv = ["eval", "--pairs", str(neox["pairs"]), "--run", str(neox["run"]), "--out", str(out),
+            "--checkpoints", "0,2", "--device", "cpu", "--dtype", "fp32", "--batch-tokens", "64", "--no-progress"]
+    assert cli_main(argv) == 0
+    assert "2 checkpoint(s)" in capsys.readouterr().out
+    assert load_results(out).checkpoints == (0, 2)
+    bad = argv[:8] + ["--checkpoints", "9", "--no-progress"]
+    assert cli_main(bad) == 2
+    assert "not in" in capsys.readouterr().err
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=60), st.integers(1, 200))
+def test_batches_cover_every_sequence_within_budget(lengths: list[int], budget: int) -> None:
+    arr = np.array(lengths)
+    batches = plan_batches(arr, budget)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * arr[batch].max() <= budget
+    seqs = [np.arange(n) + 5 for n in lengths]
+    built = make_batch(seqs, batches[0], prefix_id=0, pad_id=1)
+    for row, k in enumerate(batches[0]):
+        assert built.input_ids[row, 0] == 0 and built.lengths[row] == lengths[k] + 1
+        np.testing.assert_array_equal(built.input_ids[row, 1 : lengths[k] + 1], seqs[k])
+        assert (built.input_ids[row, lengths[k] + 1 :] == 1).all()
+        assert built.attention_mask()[row].sum() == lengths[k] + 1
