@@ -140,8 +140,21 @@ def run_child(cmd: list[str], timeout: float, log: Path, env: dict | None = None
             "output_tail": tail}
 
 
+def vm_hwm() -> int:
+    """Peak RSS of this process since exec (VmHWM); ru_maxrss would include the forked image of the
+    parent (Linux keeps it across exec), i.e. the benchmark driver's memory."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _peak_rss(res: dict, child: dict) -> int:
-    return int(max(res.get("self_maxrss_bytes", 0), res.get("children_maxrss_bytes", 0), child.get("tree_peak_rss_bytes", 0)))
+    peak = int(max(res.get("self_maxrss_bytes", 0), child.get("tree_peak_rss_bytes", 0)))
+    if "import_rss_bytes" in res:  # the interpreter and imported modules, before the build started
+        res["peak_rss_above_imports_bytes"] = peak - int(res["import_rss_bytes"])
+    return peak
 
 
 # ------------------------------------------------------------------------------------------
@@ -155,6 +168,7 @@ def child_build(spec_path: str) -> int:
     try:
         import exposure
 
+        import_rss = vm_hwm()
         t = time.perf_counter()
         idx = exposure.build_index(spec["tokens"], spec["out"], dtype=np.uint16, vocab_size=spec["vocab_size"],
                                    item_length=spec["item_length"], threads=spec["threads"],
@@ -165,13 +179,12 @@ def child_build(spec_path: str) -> int:
         disk = dir_bytes(Path(spec["out"]))
         res = {"ok": True, "seconds": round(dt, 3), "tokens": n, "items": int(idx.num_items),
                "tokens_per_second": round(n / dt, 1), "bytes_on_disk": disk, "bytes_per_token": round(disk / n, 4),
-               "shards": int(idx.num_shards), "engine_build": idx.manifest.get("build")}
+               "shards": int(idx.num_shards), "import_rss_bytes": import_rss, "engine_build": idx.manifest.get("build")}
     except Exception as e:  # reported to the parent
         import traceback
 
         res = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
-    res["self_maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    res["children_maxrss_bytes"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    res["self_maxrss_bytes"] = vm_hwm()
     Path(spec["result"]).write_text(json.dumps(res, indent=1) + "\n")
     return 0 if res["ok"] else 1
 
@@ -192,7 +205,7 @@ def build_ours(work: Path, name: str, tokens: Path, n: int, item_length: int | N
     res = _read_result(Path(spec["result"]), child)
     if res.get("ok"):
         res["peak_rss_bytes"] = _peak_rss(res, child)
-        res["peak_rss_note"] = "max of the build process's ru_maxrss and its sampled process-tree RSS"
+        res["peak_rss_note"] = "max of the build process's VmHWM and its sampled (50 ms) process-tree RSS"
     res["index_dir"] = str(out)
     res["item_length"] = item_length
     return res
@@ -344,7 +357,7 @@ def run_peers(args, work: Path, tokens: Path, phrase_file: Path, answers: dict, 
         b = _read_result(rj, child)
         if b.get("ok"):
             b["peak_rss_bytes"] = _peak_rss(b, child)
-            b["peak_rss_note"] = "max of ru_maxrss (self, children) and the sampled RSS sum of the build's process tree"
+            b["peak_rss_note"] = "max of the build process's VmHWM and the sampled (50 ms) RSS sum of its process tree"
         entry = {"build": b}
         if b.get("ok"):
             print(f"[bench] {name}: queries", flush=True)
@@ -357,7 +370,8 @@ def run_peers(args, work: Path, tokens: Path, phrase_file: Path, answers: dict, 
             entry["queries"] = q
         entry["ok"] = bool(b.get("ok")) and bool(entry.get("queries", {}).get("ok"))
         if not entry["ok"]:
-            entry["error"] = b.get("error") if not b.get("ok") else entry.get("queries", {}).get("error")
+            entry["error"] = (f"build ({build_step}): {b.get('error')}" if not b.get("ok")
+                              else f"queries ({query_step}): {entry.get('queries', {}).get('error')}")
             print(f"[bench] {name}: FAILED: {entry['error']}", flush=True)
         out[name] = entry
         if not args.keep:
@@ -422,6 +436,8 @@ def comparison(res: dict) -> dict:
     row("build time", ["build", "seconds"], ["build", "seconds"], "lower", "s", "{:.2f}")
     row("build speed", ["build", "tokens_per_second"], ["build", "tokens_per_second"], "higher", "Mtok/s", "M")
     row("build peak RSS", ["build", "peak_rss_bytes"], ["build", "peak_rss_bytes"], "lower", "MiB", "MiB")
+    row("build peak RSS above imports", ["build", "peak_rss_above_imports_bytes"], ["build", "peak_rss_above_imports_bytes"],
+        "lower", "MiB", "MiB")
     row("bytes per token on disk", ["build", "bytes_per_token"], ["build", "bytes_per_token"], "lower", "B/tok", "{:.2f}")
     row("count throughput", ["queries", "count_throughput", "phrases_per_second"],
         ["queries", "count_throughput", "phrases_per_second"], "higher", "phrases/s", "{:,.0f}")
@@ -472,6 +488,10 @@ def print_table(res: dict) -> None:
     for ln in lines:
         print(sep.join(str(c).ljust(w[i]) if i < 2 else str(c).rjust(w[i]) if i < len(ln) - 1 else str(c)
                        for i, c in enumerate(ln)))
+    print("\ncount throughput: ours = one batched count() call over all phrases (median of passes); the peers have no "
+          "batch count, so theirs is a loop of single calls. Latencies: one phrase per call, warm, perf_counter_ns "
+          "around the call (peers get the phrase as a list of ints, ours as a numpy array). First occurrence: ours "
+          "first_position(); tokengrams min(positions()); infini-gram find() + min over the suffix-array range.")
     adv = res["ours"].get("adversarial", {})
     if adv:
         print()

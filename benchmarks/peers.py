@@ -39,10 +39,21 @@ SEP16 = 0xFFFF
 # helpers
 
 
+def _vm_hwm() -> int:
+    """Peak RSS of this process since it was exec'd (VmHWM). ru_maxrss is not used for the process
+    itself: Linux carries it over from the forked image of the parent across exec, so it would
+    include the benchmark driver's memory."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _rss() -> dict:
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"self_maxrss_bytes": self_kb * 1024, "children_maxrss_bytes": child_kb * 1024}
+    return {"self_maxrss_bytes": _vm_hwm(), "children_maxrss_bytes": child_kb * 1024,
+            "children_maxrss_note": "largest single child process (ru_maxrss, includes this process's size at fork)"}
 
 
 def _dir_bytes(paths) -> int:
@@ -132,8 +143,29 @@ def _throughput(fn, phrases, budget_s: float):
 # tokengrams
 
 
+def _tokengrams():
+    """The native tokengrams module, loaded without the package's __init__ (which imports
+    transformers, ~130 MB of RSS that would be charged to the build)."""
+    import importlib.machinery
+    import importlib.util
+
+    try:
+        pkg = Path(importlib.util.find_spec("tokengrams").origin).parent
+        so = next(pkg.glob("tokengrams*.so"))
+        loader = importlib.machinery.ExtensionFileLoader("tokengrams", str(so))
+        spec = importlib.util.spec_from_file_location("tokengrams", so, loader=loader)
+        mod = importlib.util.module_from_spec(spec)
+        loader.exec_module(mod)
+        return mod
+    except Exception:
+        import tokengrams
+
+        return tokengrams
+
+
 def tokengrams_build(a) -> dict:
-    import tokengrams
+    tokengrams = _tokengrams()
+    import_rss = _rss()["self_maxrss_bytes"]
 
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,11 +178,11 @@ def tokengrams_build(a) -> dict:
     return {"ok": True, "seconds": round(dt, 3), "tokens": n, "tokens_per_second": round(n / dt, 1),
             "bytes_on_disk": files, "bytes_per_token": round(files / n, 4),
             "bytes_on_disk_note": "raw token file (used in place) + 8-byte suffix table",
-            "version": _version("tokengrams"), **_rss()}
+            "version": _version("tokengrams"), "import_rss_bytes": import_rss, **_rss()}
 
 
 def tokengrams_query(a) -> dict:
-    import tokengrams
+    tokengrams = _tokengrams()
 
     idx = tokengrams.MemmapIndex(a.tokens, str(Path(a.out_dir) / "tokens.table"), vocab=2**16)
     allp, lat, freq, reps = _load_phrases(a.phrases)
@@ -185,9 +217,9 @@ def tokengrams_query(a) -> dict:
 
 
 def _ig_dir() -> Path:
-    import infini_gram
+    import importlib.util
 
-    return Path(infini_gram.__file__).resolve().parent
+    return Path(importlib.util.find_spec("infini_gram").origin).resolve().parent  # without importing it
 
 
 def infinigram_build(a) -> dict:
@@ -198,6 +230,7 @@ def infinigram_build(a) -> dict:
     ``concat`` into ``table.0``."""
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    import_rss = _rss()["self_maxrss_bytes"]
     binary = _ig_dir() / "rust_indexing"
     if not binary.is_file():
         return {"ok": False, "error": f"rust_indexing binary not found at {binary}"}
@@ -205,16 +238,16 @@ def infinigram_build(a) -> dict:
 
     # Step 1: "tokenize" (pre-tokenized here: insert document separators, write offsets).
     t = time.perf_counter()
-    toks = np.fromfile(a.tokens, dtype="<u2")
-    n = int(toks.size)
+    n = os.path.getsize(a.tokens) // 2
     L = int(a.item_length)
     starts = np.arange(0, n, L, dtype=np.int64)
-    ds = np.insert(toks, starts, np.uint16(SEP16))
-    del toks
     ds_path = out / "tokenized.0"
-    ds.tofile(ds_path)
+    step = max(1, (1 << 24) // L) * L  # whole items per chunk, so memory stays small
+    with open(a.tokens, "rb") as fin, open(ds_path, "wb") as fout:
+        for c0 in range(0, n, step):
+            chunk = np.fromfile(fin, dtype="<u2", count=min(step, n - c0))
+            np.insert(chunk, np.arange(0, chunk.size, L), np.uint16(SEP16)).tofile(fout)
     ((starts + np.arange(starts.size)) * 2).astype("<u8").tofile(out / "offset.0")
-    del ds
     t_prep = time.perf_counter() - t
 
     # Step 2: suffix array (same arithmetic as infini_gram/indexing.py build_sa).
@@ -294,7 +327,7 @@ def infinigram_build(a) -> dict:
             "bytes_on_disk": files, "bytes_per_token": round(files / n, 4), "ptr_bytes": ratio,
             "jobs": total_jobs, "parallel_jobs": parallel_jobs, "note": note,
             "bytes_on_disk_note": "tokenized.0 (tokens + one separator per item) + table.0 + offset.0",
-            "version": _version("infini-gram"), **_rss()}
+            "version": _version("infini-gram"), "import_rss_bytes": import_rss, **_rss()}
 
 
 def infinigram_query(a) -> dict:

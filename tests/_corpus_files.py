@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-NEOX_TOKENIZER = Path("/work/shared/data/tokenizers/gpt-neox-20b/tokenizer.json")
-GPT2_TOKENIZER = Path("/work/shared/data/tokenizers/gpt2/tokenizer.json")
+# the project's shared data folder sits beside the repository (CI: beside the fresh clone)
+SHARED = Path(os.environ.get("EXPOSURE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+NEOX_TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
+GPT2_TOKENIZER = SHARED / "tokenizers" / "gpt2" / "tokenizer.json"
+needs_tokenizers = pytest.mark.skipif(
+    not (NEOX_TOKENIZER.is_file() and GPT2_TOKENIZER.is_file()), reason=f"shared tokenizers not found under {SHARED}"
+)
 
 CODE_DTYPES = {1: "<u1", 2: "<i1", 3: "<i2", 4: "<i4", 5: "<i8", 6: "<f4", 7: "<f8", 8: "<u2"}
 

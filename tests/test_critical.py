@@ -332,3 +332,15 @@ def test_coverage_counts() -> None:
                   "has_phrase": [True, False, False]})
     rows = {c.uid: (c.pairs, c.with_phrase) for c in coverage(t)}
     assert rows == {"a": (2, 1), "b": (1, 0)}
+
+
+def test_cli_lists_every_rule(capsys) -> None:
+    from exposure.cli import main
+
+    assert main(["phrases", "--rules"]) == 0
+    out = capsys.readouterr().out
+    for uid in PARADIGMS:
+        assert f"\n{uid}  [" in "\n" + out, uid
+    assert out.count("no rule: ") == sum(1 for r in RULES.values() if not r.has_rule)
+    assert main(["phrases", "--tokenizer", "x"]) == 2
+    assert "--out is required" in capsys.readouterr().err

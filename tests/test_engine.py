@@ -342,3 +342,41 @@ def test_manifest_records_sizes_and_checksums(tmp_path):
             assert (tmp_path / "ix" / s["dir"] / name).stat().st_size == rec["bytes"]
             assert f"{_core.hash_file(str(tmp_path / 'ix' / s['dir'] / name)):016x}" == rec["xxh64"]
     assert s["sa_width"] == 2  # 3000 + 24 separators < 2^16: two-byte pointers
+
+
+# --------------------------------------------------------------------------- distributed build
+@pytest.mark.parametrize("variable_items", [False, True])
+def test_parts_built_separately_assemble_into_one_index(tmp_path, variable_items):
+    rng = np.random.default_rng(21)
+    stream = rng.integers(0, 6, size=9000).astype(np.uint16)
+    cuts = [0, 3000, 6000, 9000]  # whole items of 100 tokens in each part
+    windows = {"w": [0, 2500, 7000, 9000]}
+    for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+        with exposure.IndexBuilder(tmp_path / f"part{k}", dtype=np.uint16, vocab_size=6, stream_start=a,
+                                   windows=windows, progress=False, threads=1, shard_tokens=1300) as builder:
+            if variable_items:
+                builder.add(stream[a:b], item_lengths=[50, b - a - 50])
+            else:
+                builder.add(stream[a:b], item_length=100)
+            result = builder.finish()
+            assert (result is None) == (a > 0)  # a later part is not an index on its own
+    with pytest.raises(exposure.IndexFileError, match="part of an index"):
+        exposure.Index(tmp_path / "part1")
+    idx = exposure.assemble_index([tmp_path / "part2", tmp_path / "part0", tmp_path / "part1"], tmp_path / "all")
+    assert idx.num_tokens == 9000 and idx.num_shards >= 6
+    starts = (np.concatenate([[a, a + 50] for a in cuts[:-1]]) if variable_items else np.arange(0, 9000, 100))
+    assert idx.num_items == starts.size
+    oracle = Oracle(stream, starts)
+    check_all(idx, oracle, phrases_for(stream, rng, 60, 6), [windows["w"], [0, 9000]])
+    exposure.Index(tmp_path / "all", verify=True)
+
+
+def test_assemble_rejects_gaps(tmp_path):
+    stream = np.arange(400, dtype=np.uint16) % 5
+    for k, a in enumerate([0, 300]):  # the second part should start at 200
+        with exposure.IndexBuilder(tmp_path / f"p{k}", dtype=np.uint16, vocab_size=5, stream_start=a,
+                                   progress=False, threads=1) as b:
+            b.add(stream[a : a + 200] if a == 0 else stream[200:400], item_length=100)
+            b.finish()
+    with pytest.raises(ValueError, match="expected 200"):
+        exposure.assemble_index([tmp_path / "p0", tmp_path / "p1"], tmp_path / "all")

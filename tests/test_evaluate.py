@@ -370,7 +370,7 @@ def test_cli_eval(neox: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFi
     assert cli_main(argv) == 0
     assert "2 checkpoint(s)" in capsys.readouterr().out
     assert load_results(out).checkpoints == (0, 2)
-    bad = argv[:8] + ["--checkpoints", "9", "--no-progress"]
+    bad = argv[:7] + ["--checkpoints", "9", "--no-progress"]
     assert cli_main(bad) == 2
     assert "not in" in capsys.readouterr().err
 

@@ -16,6 +16,7 @@ import pytest
 from _corpus_files import (
     GPT2_TOKENIZER,
     NEOX_TOKENIZER,
+    needs_tokenizers,
     write_jsonl,
     write_mmidx,
     write_mmidx_shards,
@@ -25,6 +26,8 @@ from _corpus_files import (
 from exposure.cli import main
 from exposure.readers.pythia import PythiaReader
 from exposure.schedule import Schedule
+
+pytestmark = needs_tokenizers
 
 THESE_DOGS = [841, 9097]  # " these dogs" (FORMATS / data README)
 THIS_DOG = [436, 4370]  # " this dog"

@@ -14,6 +14,7 @@ import pytest
 from _corpus_files import (
     NEOX_TOKENIZER,
     idx_bytes,
+    needs_tokenizers,
     write_jsonl,
     write_mmidx,
     write_mmidx_shards,
@@ -347,6 +348,7 @@ def test_shuffle_order_matches_reference() -> None:
     assert shuffle_order(50, 1).tolist() != shuffle_order(50, 2).tolist()
 
 
+@needs_tokenizers
 def test_tokenize_and_pack_hand_computed(tmp_path: Path) -> None:
     tok = load_tokenizer(NEOX_TOKENIZER)
     assert tok.eos_id == 0
@@ -367,6 +369,7 @@ def test_tokenize_and_pack_hand_computed(tmp_path: Path) -> None:
     assert _stream(PackedTextReader(corpus, 4, seed=7), 3)[1].tolist() == expected
 
 
+@needs_tokenizers
 def test_packing_chunks_cover_whole_items(tmp_path: Path) -> None:
     tok = load_tokenizer(NEOX_TOKENIZER)
     lines = [f"document number {i} " + "word " * (i % 7) for i in range(300)]
@@ -385,6 +388,7 @@ def test_packing_chunks_cover_whole_items(tmp_path: Path) -> None:
         assert r.dropped_tokens == len(full) - n
 
 
+@needs_tokenizers
 def test_tokenize_jsonl_error_names_line(tmp_path: Path) -> None:
     tok = load_tokenizer(NEOX_TOKENIZER)
     bad = tmp_path / "bad.jsonl.gz"

@@ -12,6 +12,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from exposure.engine import Context, Index, IndexBuilder, IndexFileError, build_index, parse_size
+from exposure.engine import Context, Index, IndexBuilder, IndexFileError, assemble_index, build_index, parse_size
 
-__all__ = ["Context", "Index", "IndexBuilder", "IndexFileError", "build_index", "parse_size", "__version__"]
+__all__ = [
+    "Context",
+    "Index",
+    "IndexBuilder",
+    "IndexFileError",
+    "assemble_index",
+    "build_index",
+    "parse_size",
+    "__version__",
+]

@@ -22,7 +22,8 @@ import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ class BlimpPair:
     field: str
     sentence_good: str
     sentence_bad: str
-    extras: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    extras: Mapping[str, str] = dc_field(default_factory=dict, compare=False, repr=False)
     """BLiMP's optional fields where present: ``one_prefix_prefix``, ``one_prefix_word_good``,
     ``one_prefix_word_bad``, ``two_prefix_prefix_good``, ``two_prefix_prefix_bad``, ``two_prefix_word``,
     ``crucial_item``."""
@@ -184,7 +185,7 @@ def _pair_from_record(rec: Mapping[str, object], where: str, uid_hint: str | Non
     try:
         if raw_id is None or isinstance(raw_id, bool):
             raise ValueError
-        pair_id = int(raw_id)  # type: ignore[arg-type]
+        pair_id = int(raw_id)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         raise ValueError(f"{where}: missing or non-integer pair id (pairID / pair_id): {raw_id!r}") from None
     phenomenon = rec.get("linguistics_term") or PARADIGMS.get(uid, "")
@@ -354,14 +355,14 @@ class Vocabulary:
     """
 
     entries: dict[str, list[LexEntry]]
-    multiword: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
-    _memo: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False, compare=False)
-    nominal_multiword: dict[str, list[tuple[str, ...]]] = field(default_factory=dict, repr=False, compare=False)
+    multiword: dict[str, list[tuple[str, ...]]] = dc_field(default_factory=dict)
+    _memo: dict[tuple[str, str], bool] = dc_field(default_factory=dict, repr=False, compare=False)
+    nominal_multiword: dict[str, list[tuple[str, ...]]] = dc_field(default_factory=dict, repr=False, compare=False)
     """Lowercased multi-word plain nouns (category ``N``) by first word, longest first."""
-    verbal_multiword: dict[str, list[tuple[str, ...]]] = field(default_factory=dict, repr=False, compare=False)
+    verbal_multiword: dict[str, list[tuple[str, ...]]] = dc_field(default_factory=dict, repr=False, compare=False)
     """Lowercased multi-word verbs by first word, longest first."""
 
-    word_memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    word_memo: dict[Any, Any] = dc_field(default_factory=dict, repr=False, compare=False)
     """Scratch memo for callers that derive per-word facts from this vocabulary (keys are theirs)."""
 
     def __post_init__(self) -> None:

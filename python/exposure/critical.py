@@ -56,7 +56,9 @@ NPI_WORDS = frozenset({"ever", "any", "yet"})
 WH_DETERMINERS = frozenset({"what", "which", "whose"})
 NEGATION = "not"
 # sentence-initial words that are not in the vocabulary and are not names
-_FUNCTION_WORDS = frozenset({"even", "only", "also", "not", "and", "or", "what", "who", "whose", "which", "there", "it"})
+_FUNCTION_WORDS = frozenset(
+    {"even", "only", "also", "not", "and", "or", "what", "who", "whose", "which", "there", "it"}
+)
 
 
 class RuleFailure(Exception):
@@ -459,7 +461,9 @@ class PairAnalysis:
                 return (k, k)
         raise RuleFailure("no word before the inserted run")
 
-    def decide(self, side: str, critical: int, context: int, extra: Iterable[int] = (), expand: bool = True) -> Decision:
+    def decide(
+        self, side: str, critical: int, context: int, extra: Iterable[int] = (), expand: bool = True
+    ) -> Decision:
         """The phrase from the first to the last of critical, context and ``extra``, widened by every
         contrast region it touches (unless ``expand`` is false)."""
         s = self.side(side)
@@ -647,7 +651,7 @@ def rule_participle_noun(an: PairAnalysis) -> tuple[Decision, Decision]:
     for side, (a, b) in zip(("good", "bad"), subs):
         s = an.side(side)
         noun = _noun_after(s, b + 1, "the participle")
-        out.append(an.decide(side, noun[1], b))
+        out.append(an.decide(side, noun[1], b, extra=(a,)))
     return out[0], out[1]
 
 
@@ -659,7 +663,7 @@ def rule_licensor_npi(an: PairAnalysis) -> tuple[Decision, Decision]:
     for side, (a, b) in zip(("good", "bad"), subs):
         s = an.side(side)
         npi = _npi_after(s, b + 1)
-        out.append(an.decide(side, npi, b))
+        out.append(an.decide(side, npi, b, extra=(a,)))
     return out[0], out[1]
 
 
@@ -1104,25 +1108,34 @@ def find_critical_phrase(pair: BlimpPair, vocab: Vocabulary, rules: Mapping[str,
     good = Sentence(pair.sentence_good, vocab)
     bad = Sentence(pair.sentence_bad, vocab)
     al = align_words([w.text for w in good.words], [w.text for w in bad.words])
-    base = dict(
-        pair=pair,
-        contrast_good=_contrast_text(good, al.regions_good),
-        contrast_bad=_contrast_text(bad, al.regions_bad),
-        alignment_kind=al.kind,
-    )
+    contrast_good = _contrast_text(good, al.regions_good)
+    contrast_bad = _contrast_text(bad, al.regions_bad)
+
+    def result(rule_name: str, note: str, dg: Decision | None = None, db: Decision | None = None) -> PhraseResult:
+        return PhraseResult(
+            pair=pair,
+            rule=rule_name,
+            good=None if dg is None else _side_phrase(good, dg),
+            bad=None if db is None else _side_phrase(bad, db),
+            note=note,
+            contrast_good=contrast_good,
+            contrast_bad=contrast_bad,
+            alignment_kind=al.kind,
+        )
+
     rule = table.get(pair.uid)
     if rule is None:
-        return PhraseResult(rule="none", good=None, bad=None, note=f"unknown paradigm {pair.uid!r}", **base)
+        return result("none", f"unknown paradigm {pair.uid!r}")
     if rule.func is None:
-        return PhraseResult(rule=rule.name, good=None, bad=None, note="no rule for this paradigm", **base)
+        return result(rule.name, "no rule for this paradigm")
     if al.kind == "identical":
-        return PhraseResult(rule=rule.name, good=None, bad=None, note="the two sentences are identical", **base)
+        return result(rule.name, "the two sentences are identical")
     an = PairAnalysis(pair, good, bad, al)
     try:
         dg, db = rule.func(an)
     except RuleFailure as exc:
-        return PhraseResult(rule=rule.name, good=None, bad=None, note=str(exc), **base)
-    return PhraseResult(rule=rule.name, good=_side_phrase(good, dg), bad=_side_phrase(bad, db), note="", **base)
+        return result(rule.name, str(exc))
+    return result(rule.name, "", dg, db)
 
 
 def find_critical_phrases(
@@ -1167,6 +1180,8 @@ def distinct_queries(queries: Sequence[Sequence[int]]) -> list[int]:
     duplicates are dropped, and so is any query that starts with another kept query's tokens (each of
     its occurrences is also an occurrence of the shorter one). Empty queries are dropped."""
     tuples = [tuple(q) for q in queries]
+    if len({q[:1] for q in tuples}) == len(tuples) and all(tuples):
+        return list(range(len(tuples)))  # distinct first tokens: no two can match at one offset
     keep: list[int] = []
     seen: set[tuple[int, ...]] = set()
     for i in sorted(range(len(tuples)), key=lambda i: (len(tuples[i]), i)):
@@ -1184,12 +1199,12 @@ def _word_tokens(offsets: Sequence[tuple[int, int]], start: int, end: int) -> tu
     """First and last token index overlapping characters ``[start, end)``; (-1, -1) if none."""
     first = last = -1
     for t, (a, b) in enumerate(offsets):
-        if a < end and b > start and b > a:
+        if a >= end:
+            break
+        if b > start and b > a:
             if first < 0:
                 first = t
             last = t
-        elif a >= end:
-            break
     return first, last
 
 
@@ -1366,7 +1381,8 @@ def format_coverage(rows: Sequence[Coverage]) -> str:
     lines = [f"{'paradigm':<{width}}  {'phenomenon':<26} {'rule':<24} {'pairs':>6} {'phrase':>6} {'%':>6}"]
     for r in rows:
         lines.append(
-            f"{r.uid:<{width}}  {r.phenomenon:<26} {r.rule:<24} {r.pairs:>6} {r.with_phrase:>6} {100 * r.fraction:>5.1f}%"
+            f"{r.uid:<{width}}  {r.phenomenon:<26} {r.rule:<24} {r.pairs:>6} {r.with_phrase:>6} "
+            f"{100 * r.fraction:>5.1f}%"
         )
     tot = sum(r.pairs for r in rows)
     got = sum(r.with_phrase for r in rows)

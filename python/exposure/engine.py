@@ -55,6 +55,18 @@ class Context:
     item_end: int
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (VmHWM; ru_maxrss would include the memory of a
+    parent that forked us)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _resolve_threads(threads: int | None) -> int:
     return max(1, int(threads) if threads else (os.cpu_count() or 1))
 
@@ -147,8 +159,12 @@ class IndexBuilder:
         overwrite: bool = False,
         progress: bool = True,
         shard_tokens: int | None = None,
+        stream_start: int = 0,
     ) -> None:
         self.out = Path(out_dir)
+        if stream_start < 0:
+            raise ValueError("stream_start must be non-negative")
+        self.stream_start = int(stream_start)
         self.dtype = np.dtype(dtype).newbyteorder("<")
         if self.dtype.name not in _DTYPES:
             raise ValueError(f"token dtype must be uint16 or uint32, not {np.dtype(dtype).name}")
@@ -200,7 +216,7 @@ class IndexBuilder:
         self._pool = cf.ThreadPoolExecutor(max_workers=self.parallel) if self.parallel > 1 else None
         self._cur = 0
         self._fill = 0
-        self._stream_pos = 0  # stream offset of the current buffer's first token
+        self._stream_pos = self.stream_start  # stream offset of the current buffer's first token
         self._shards: list[dict[str, Any]] = []
         self._cut_inside_item = False
         self._n_items = 0
@@ -211,7 +227,7 @@ class IndexBuilder:
         self._reused = 0
         self._added = 0
         self._open_len = 0  # tokens of an item that the next chunk continues
-        self._next_start = 0
+        self._next_start = self.stream_start
         self._bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -297,8 +313,10 @@ class IndexBuilder:
         if self._bar is not None:
             self._bar.update(n)
 
-    def finish(self, metadata: Mapping[str, Any] | None = None) -> Index:
-        """Builds the last shard, writes the manifest and moves the index into place."""
+    def finish(self, metadata: Mapping[str, Any] | None = None) -> Index | None:
+        """Builds the last shard, writes the manifest and moves the index into place. Returns
+        the opened index, or None for a part (``stream_start`` > 0) that ``assemble_index``
+        will gather."""
         if self._finished:
             raise RuntimeError("the builder is finished")
         if self._open_len:
@@ -313,7 +331,7 @@ class IndexBuilder:
         if not self._shards:
             raise ValueError("no tokens were added: an index needs a non-empty stream")
         items = self._items_manifest()
-        total = self._shards[-1]["stream_end"]
+        total = self._shards[-1]["stream_end"] - self.stream_start
         stale = sorted(
             p for p in self.partial.glob("shard-*") if p.name not in {s["dir"] for s in self._shards}
         )
@@ -327,6 +345,7 @@ class IndexBuilder:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "token_dtype": self.dtype.name,
+            "stream_start": self.stream_start,
             "token_count": total,
             "vocab_size": self.vocab_size,
             "separator": self.sep,
@@ -337,7 +356,7 @@ class IndexBuilder:
             "build": {
                 "seconds": round(seconds, 3),
                 "tokens_per_second": round(total / seconds, 1) if seconds > 0 else None,
-                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "peak_rss_bytes": peak_rss_bytes(),
                 "bytes_on_disk": files_bytes,
                 "bytes_per_token": round(files_bytes / total, 4),
                 "threads": self.threads,
@@ -349,7 +368,7 @@ class IndexBuilder:
         }
         _write_json_atomic(self.partial / MANIFEST, manifest)
         self._install()
-        return Index(self.out)
+        return Index(self.out) if self.stream_start == 0 else None
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -384,10 +403,10 @@ class IndexBuilder:
                 return
             # switch to explicit item starts, backfilling the uniform prefix
             self._starts_file = self.partial / "items.tmp"
-            prefix = np.arange(self._n_items, dtype=np.int64) * self._item_length
+            prefix = self.stream_start + np.arange(self._n_items, dtype=np.int64) * self._item_length
             with open(self._starts_file, "wb") as f:
                 prefix.tofile(f)
-            self._next_start = self._n_items * self._item_length
+            self._next_start = self.stream_start + self._n_items * self._item_length
             self._item_length = None
             self._last_item_short = False
         starts = self._next_start + np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
@@ -623,6 +642,84 @@ def build_index(
         return builder.finish(metadata)
 
 
+def assemble_index(parts: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str]) -> Index:
+    """Gathers index parts built separately (e.g. on many machines, each with an
+    ``IndexBuilder(..., stream_start=...)`` over consecutive whole items of one stream) under one
+    manifest. The parts' shard directories are moved into ``out_dir``; the parts must be
+    contiguous, start at stream offset 0 and agree on dtype, vocabulary and window structures."""
+    out = Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists")
+    loaded = []
+    for p in parts:
+        mpath = Path(p) / MANIFEST
+        if not mpath.is_file():
+            raise IndexFileError(f"{p} is not a finished index part: {MANIFEST} is missing")
+        m = json.loads(mpath.read_text())
+        if m.get("format") != FORMAT or m.get("format_version") != FORMAT_VERSION:
+            raise IndexFileError(f"{mpath} is not an exposure index of format version {FORMAT_VERSION}")
+        loaded.append((Path(p), m))
+    if not loaded:
+        raise ValueError("no parts given")
+    loaded.sort(key=lambda pm: pm[1].get("stream_start", 0))
+    first = loaded[0][1]
+    expect = 0
+    for path, m in loaded:
+        for key in ("token_dtype", "vocab_size", "separator", "windows"):
+            if m[key] != first[key]:
+                raise ValueError(f"part {path} differs from {loaded[0][0]} in {key}")
+        if m.get("stream_start", 0) != expect:
+            raise ValueError(f"part {path} starts at stream offset {m.get('stream_start', 0)}, expected {expect} "
+                             "(parts must be contiguous and start at 0)")
+        expect += m["token_count"]
+    lengths = {m["items"].get("length") for _, m in loaded}
+    whole = all(m["token_count"] % m["items"]["length"] == 0 for _, m in loaded[:-1]) if None not in lengths else False
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    if len(lengths) == 1 and None not in lengths and whole:
+        items: dict[str, Any] = {"count": sum(m["items"]["count"] for _, m in loaded), "length": lengths.pop()}
+    else:
+        starts = []
+        for path, m in loaded:
+            it = m["items"]
+            if it.get("starts_file"):
+                starts.append(np.load(path / it["starts_file"]))
+            else:
+                starts.append(m.get("stream_start", 0) + np.arange(it["count"], dtype=np.int64) * it["length"])
+        np.save(partial / "items.npy", np.concatenate(starts))
+        items = {"count": int(sum(s.size for s in starts)), "starts_file": "items.npy"}
+    shards = []
+    for path, m in loaded:
+        for rec in m["shards"]:
+            name = f"shard-{len(shards):05d}"
+            os.replace(path / rec["dir"], partial / name)
+            shards.append({**rec, "dir": name})
+    cuts = [m["max_phrase_tokens"] for _, m in loaded if m.get("max_phrase_tokens")]
+    manifest = {
+        **{k: first[k] for k in ("format", "format_version", "token_dtype", "vocab_size", "separator", "windows")},
+        "stream_start": 0,
+        "token_count": expect,
+        "items": items,
+        "max_phrase_tokens": min(cuts) if cuts else None,
+        "shards": shards,
+        "build": {
+            "assembled_from": [str(p) for p, _ in loaded],
+            "seconds": round(sum(m["build"]["seconds"] for _, m in loaded), 3),
+            "peak_rss_bytes": max(m["build"]["peak_rss_bytes"] for _, m in loaded),
+            "bytes_on_disk": sum(f["bytes"] for s in shards for f in s["files"].values()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        "metadata": first.get("metadata", {}),
+    }
+    manifest["build"]["bytes_per_token"] = round(manifest["build"]["bytes_on_disk"] / max(expect, 1), 4)
+    _write_json_atomic(partial / MANIFEST, manifest)
+    os.replace(partial, out)
+    _fsync_dir(out.parent)
+    return Index(out)
+
+
 # --------------------------------------------------------------------------------------------
 # Querying
 
@@ -649,6 +746,11 @@ class Index:
             raise IndexFileError(
                 f"{mpath} has format version {manifest.get('format_version')}, this version of exposure reads "
                 f"version {FORMAT_VERSION}: rebuild the index"
+            )
+        if manifest.get("stream_start", 0) != 0:
+            raise IndexFileError(
+                f"{self.path} is a part of an index (stream offsets from {manifest['stream_start']}): gather the "
+                "parts with exposure.assemble_index"
             )
         try:
             self.manifest: dict[str, Any] = manifest
@@ -715,6 +817,12 @@ class Index:
         if isinstance(phrases, np.ndarray) and phrases.ndim == 1:
             raise ValueError("pass a list of phrases (wrap a single phrase in a list)")
         arrays = [np.asarray(p) for p in phrases]
+        if len(arrays) == 1 and arrays[0].ndim == 1 and arrays[0].size and arrays[0].dtype.kind in "ui":
+            a = arrays[0]  # fast path for one phrase: per-call latency matters there
+            if a.min() >= 0 and a.max() < self.vocab_size and (
+                self.max_phrase_tokens is None or a.size <= self.max_phrase_tokens
+            ):
+                return np.ascontiguousarray(a, dtype=np.uint32), np.array([0, a.size], dtype=np.int64)
         offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
         if not arrays:
             return np.zeros(0, dtype=np.uint32), offsets

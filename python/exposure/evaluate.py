@@ -147,7 +147,7 @@ def evaluate_run(
     if batch_tokens < 1:
         raise EvalError(f"batch_tokens must be positive, got {batch_tokens}")
     good, bad = (source.table.column(c).to_pylist() for c in ("sentence_good", "sentence_bad"))
-    sentences = [s for pair in zip(good, bad) for s in pair]
+    sentences = [s for pair in zip(good, bad, strict=True) for s in pair]
     gate = _TokenizerGate(
         source.tokenizer_sha256, sentences, Path(reference_tokenizer) if reference_tokenizer is not None else None
     )
@@ -196,11 +196,16 @@ def evaluate_run(
                 if step_shape != shape:
                     raise EvalError(f"checkpoint step{step} has shape {step_shape}, step{steps[0]} has {shape}")
                 pending = out.new_states(step, state_shape)
-                result = score_checkpoint(
-                    model, encoded, batches, prefix, shape.n_layers, shape.n_heads, pending.array, dev,
-                    progress=progress, desc=f"step{step}",
-                    on_batch=None if on_batch is None else (lambda i, s=step: on_batch(s, i)),
-                )
+                try:
+                    result = score_checkpoint(
+                        model, encoded, batches, prefix, shape.n_layers, shape.n_heads, pending.array, dev,
+                        progress=progress, desc=f"step{step}",
+                        on_batch=None if on_batch is None else (lambda i, s=step: on_batch(s, i)),
+                    )
+                except torch.cuda.OutOfMemoryError as exc:
+                    raise EvalError(
+                        f"out of GPU memory scoring step{step} with batch_tokens={batch_tokens}: lower --batch-tokens"
+                    ) from exc
                 del model
                 _release_memory(dev)
                 scored = time.perf_counter()

@@ -79,9 +79,13 @@ def run(args: argparse.Namespace) -> int:
         )
     except EvalError as exc:
         raise UserError(str(exc)) from exc
+    steps = list(results.checkpoints)
+    shown = steps if len(steps) <= 6 else steps[:3] + steps[-3:]
     accuracy = []
-    for step in results.checkpoints:
+    for step in shown:
         correct = results.scores(step).column("correct").to_numpy(zero_copy_only=False)
-        accuracy.append(f"step{step}: {correct.mean():.4f}")
-    print(f"{results.path}: {len(results.checkpoints)} checkpoint(s) scored, pair accuracy " + ", ".join(accuracy))
+        accuracy.append(f"step{step} {correct.mean():.4f}")
+    if len(shown) < len(steps):
+        accuracy.insert(3, "...")
+    print(f"{results.path}: {len(steps)} checkpoint(s) scored; pair accuracy: " + ", ".join(accuracy))
     return 0

@@ -41,8 +41,10 @@ def register(subparsers: Any) -> None:
     sel.add_argument("--phenomena", nargs="+", metavar="TERM", default=None,
                      help="BLiMP phenomena (linguistics_term) to use")
     sel.add_argument("--all", action="store_true", help="all paradigms found in --blimp")
-    p.add_argument("--out", required=True, help="Parquet file to write")
+    p.add_argument("--out", default=None, help="Parquet file to write (required unless --rules)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no coverage table")
+    p.add_argument("--rules", action="store_true",
+                   help="list every paradigm's rule (or why it has none) and exit")
     p.set_defaults(func=run)
 
 
@@ -81,11 +83,28 @@ def build_phrases(
     return critical_phrases(pairs, vocab, tok, progress=progress)
 
 
+def format_rules() -> str:
+    """Every BLiMP paradigm with its phenomenon and rule, or the reason it has none."""
+    from exposure.blimp import PARADIGMS
+    from exposure.critical import RULES
+
+    lines = []
+    for uid in sorted(PARADIGMS, key=lambda u: (PARADIGMS[u], u)):
+        rule = RULES[uid]
+        lines.append(f"{uid}  [{PARADIGMS[uid]}]  {rule.name}\n    {rule.description}")
+    return "\n".join(lines)
+
+
 def run(args: Any) -> int:
     import pyarrow.parquet as pq
 
     from exposure.critical import coverage, format_coverage
 
+    if args.rules:
+        print(format_rules())
+        return 0
+    if args.out is None:
+        raise UserError("--out is required (the Parquet file to write)")
     t0 = time.perf_counter()
     tok = load_tokenizer_for(args.tokenizer, args.index)
     table = build_phrases(

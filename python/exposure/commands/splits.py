@@ -47,7 +47,9 @@ def resolve_schedule(spec: str, index: Any) -> Any:
         try:
             return Schedule.for_index(index)
         except ValueError as exc:
-            raise UserError(f"{exc}; or pass --schedule with a preset ({', '.join(PRESET_NAMES)}) or a JSON file") from None
+            raise UserError(
+                f"{exc}; or pass --schedule with a preset ({', '.join(PRESET_NAMES)}) or a JSON file"
+            ) from None
     if spec in PRESET_NAMES:
         return Schedule.preset(spec)
     path = Path(spec)
@@ -77,7 +79,8 @@ def run(args: Any) -> int:
         from exposure.commands.phrases import build_phrases
         from exposure.tokenizer import tokenizer_for_index
 
-        phrases = build_phrases(args.blimp, None, tokenizer_for_index(index), None, None, False, progress=not args.quiet)
+        tok = tokenizer_for_index(index)
+        phrases = build_phrases(args.blimp, None, tok, None, None, False, progress=not args.quiet)
     table = make_splits(phrases, index, schedule, index_path=str(args.index))
     out = Path(args.out)
     if out.parent and not out.parent.exists():

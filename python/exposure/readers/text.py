@@ -291,7 +291,7 @@ def tokenize_corpus(
     *,
     unit: str = "line",
     text_field: str = "text",
-    batch_chars: int = 4 << 20,
+    batch_chars: int = 1 << 20,
     progress: bool = True,
 ) -> TokenizedCorpus:
     """Tokenize every document (no special tokens) + EOS, in file order, appending to ``tokens_path``.

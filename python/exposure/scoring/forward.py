@@ -129,7 +129,6 @@ def score_checkpoint(
     logp = np.full((n, 2), np.nan)
     crit_logp = np.full((n, 2), np.nan)
     attention = np.full((n, 2, n_layers, n_heads), np.nan, dtype=np.float32)
-    states_out[...] = np.float16(np.nan)
     overflow = 0
     bar = tqdm(total=2 * n, desc=desc, unit="sent", disable=not progress, leave=False, dynamic_ncols=True)
     try:
@@ -158,4 +157,5 @@ def score_checkpoint(
                 on_batch(i)
     finally:
         bar.close()
+    states_out[encoded.critical_token < 0] = np.float16(np.nan)
     return CheckpointScores(logp, crit_logp, attention, overflow)

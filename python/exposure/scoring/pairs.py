@@ -131,7 +131,7 @@ def encode_pairs(table: pa.Table, tokenizer: Tokenizer) -> EncodedPairs:
     good = table.column("sentence_good").to_pylist()
     bad = table.column("sentence_bad").to_pylist()
     sentences: list[str] = []
-    for uid, g, b in zip(uids, good, bad):
+    for uid, g, b in zip(uids, good, bad, strict=True):
         if not isinstance(g, str) or not isinstance(b, str) or not g or not b:
             raise EvalError(f"pair {uid}: both sentences must be non-empty strings")
         sentences += [g, b]
@@ -209,7 +209,7 @@ def check_tokenizer(
         )
     a = ours.encode_batch(sentences, add_special_tokens=False)
     b = theirs.encode_batch(sentences, add_special_tokens=False)
-    for sentence, x, y in zip(sentences, a, b):
+    for sentence, x, y in zip(sentences, a, b, strict=True):
         if x.ids != y.ids:
             raise EvalError(
                 f"tokenizer mismatch: the run's tokenizer encodes {sentence!r} as {x.ids}, the reference as {y.ids}"

@@ -145,8 +145,8 @@ class OutputDir:
         else:
             self._write_pairs(pairs_file, pairs_table)
             self.info = dict(info, format=FORMAT, finished_checkpoints=[], checkpoint_info={})
-            if self.info.get("pairs_sha256") is None:
-                self.info["pairs_sha256"] = file_sha256(self.path / "pairs.parquet")
+        if self.info.get("pairs_sha256") is None:  # an in-memory table: the sha256 of its copy
+            self.info["pairs_sha256"] = file_sha256(self.path / "pairs.parquet")
         _write_json(run_json, self.info)
 
     def _write_pairs(self, pairs_file: Path | None, table: pa.Table) -> None:
