@@ -135,7 +135,8 @@ def run_peer(pairs: pa.Table, step: Path, device: str, torch_dtype: torch.dtype,
     tokenizer = PreTrainedTokenizerFast.from_pretrained(step)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     requests = []
-    for good, bad in zip(pairs.column("sentence_good").to_pylist(), pairs.column("sentence_bad").to_pylist(), strict=True):
+    good_bad = (pairs.column("sentence_good").to_pylist(), pairs.column("sentence_bad").to_pylist())
+    for good, bad in zip(*good_bad, strict=True):
         for sentence in (good, bad):
             requests.append(
                 Instance(request_type="loglikelihood", doc={}, arguments=("", sentence), idx=len(requests) % 2)

@@ -22,9 +22,10 @@ HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("EXPOSURE_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 
 
-def run_once(blimp: Path, tokenizer: Path) -> tuple[dict[str, float], object]:
+def run_once(blimp: Path, tokenizer: Path, workers: int | None) -> tuple[dict[str, float], object]:
+    """One run; with one worker the rules and the tokenization/table are timed apart."""
     from exposure.blimp import find_vocabulary, load_blimp, read_vocabulary
-    from exposure.critical import find_critical_phrases, phrase_table
+    from exposure.critical import critical_phrases, find_critical_phrases, phrase_table
     from exposure.tokenizer import load_tokenizer
 
     t: dict[str, float] = {}
@@ -34,11 +35,15 @@ def run_once(blimp: Path, tokenizer: Path) -> tuple[dict[str, float], object]:
     tok = load_tokenizer(tokenizer)
     t["load"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    results = find_critical_phrases(pairs, vocab)
-    t["rules"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    table = phrase_table(results, tok)
-    t["tokens+table"] = time.perf_counter() - t2
+    if workers == 1:
+        results = find_critical_phrases(pairs, vocab)
+        t["rules"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        table = phrase_table(results, tok)
+        t["tokens+table"] = time.perf_counter() - t2
+    else:
+        table = critical_phrases(pairs, vocab, tok, workers=workers)
+        t["phrases"] = time.perf_counter() - t1
     t["total"] = time.perf_counter() - t0
     return t, table
 
@@ -49,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokenizer", type=Path, default=SHARED / "tokenizers" / "gpt-neox-20b",
                     help="tokenizer.json or its folder (default: GPT-NeoX-20B)")
     ap.add_argument("--repeat", type=int, default=1, help="runs; the fastest is reported (default 1)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="processes (default: as `exposure phrases`, one per core); 1 times the stages apart")
     ap.add_argument("--out", type=Path, default=None, help="also write the phrases table here")
     ap.add_argument("--json", type=Path, default=None, help="write timings and coverage as JSON here")
     args = ap.parse_args(argv)
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     best: dict[str, float] | None = None
     table = None
     for _ in range(max(1, args.repeat)):
-        t, table = run_once(args.blimp, args.tokenizer)
+        t, table = run_once(args.blimp, args.tokenizer, args.workers)
         if best is None or t["total"] < best["total"]:
             best = t
     assert best is not None and table is not None
@@ -76,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in best.items())
-        + f"  ({os.cpu_count()} cores, {args.tokenizer.name} tokenizer, best of {max(1, args.repeat)})"
+        + f"  ({os.cpu_count()} cores, workers {args.workers or 'default'}, {args.tokenizer.name} tokenizer, "
+        f"best of {max(1, args.repeat)})"
     )
     if args.out is not None:
         pq.write_table(table, args.out)  # type: ignore[arg-type]

@@ -145,6 +145,9 @@ CASES = [
     ("distractor_agreement_relational_noun", "A newspaper article about the Borgias has disagreed with Marcus.",
      "A newspaper article about the Borgias have disagreed with Marcus.",
      "newspaper article about the Borgias has", "newspaper article about the Borgias have", "has", "article"),
+    ("distractor_agreement_relational_noun", "The shows about Spain were alarming that person.",
+     "The shows about Spain was alarming that person.", "shows about Spain were", "shows about Spain was",
+     "were", "shows"),  # the lexicon knows "shows" only as a verb
     ("anaphor_number_agreement", "These patients do respect themselves.", "These patients do respect himself.",
      "patients do respect themselves", "patients do respect himself", "themselves", "patients"),
     ("principle_A_c_command", "A lot of patients who can sell some couch didn't investigate themselves.",
@@ -254,6 +257,18 @@ def test_token_spans_decode_to_the_words_on_real_pairs(vocab, neox) -> None:
             assert dec(ids[s:e]).strip() == row[f"phrase_{side}"], row["pair_uid"]
             queries = row[f"query_{side}"]
             assert len(queries) == len(set(map(tuple, queries))) and len(queries) >= 2
+
+
+@needs_neox
+def test_parallel_workers_give_the_same_table(vocab, neox) -> None:
+    from exposure.critical import critical_phrases
+
+    if not BLIMP.is_dir():
+        pytest.skip("no shared BLiMP")
+    pairs = load_blimp(BLIMP, phenomena=["npi_licensing"])[:4000]
+    one = critical_phrases(pairs, vocab, neox, workers=1)
+    two = critical_phrases(pairs, vocab, neox, workers=2)
+    assert one.equals(two) and one.schema.metadata == two.schema.metadata
 
 
 # ------------------------------------------------------------------------------------------ gold

@@ -343,6 +343,11 @@ def test_tokenizer_checks(neox: dict[str, Any], tmp_path: Path) -> None:
     unmarked = table.replace_schema_metadata({})
     results = evaluate_run(unmarked, resaved, tmp_path / "f", device="cpu", progress=False)
     assert results.run["tokenizer_check"] == "unchecked"
+    # no fingerprint in the pairs, and the checkpoints disagree about the tokenizer: refused
+    mixed = make_run(tmp_path / "mixed", "gpt_neox", NEOX, steps=(0, 1))
+    shutil.copyfile(resaved / "step0" / "tokenizer.json", mixed / "step1" / "tokenizer.json")
+    with pytest.raises(EvalError, match="first checkpoint"):
+        evaluate_run(unmarked, mixed, tmp_path / "g", device="cpu", progress=False)
 
 
 def test_bad_inputs_are_refused(neox: dict[str, Any], tmp_path: Path) -> None:

@@ -62,9 +62,10 @@ def _state(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _train(items: list[np.ndarray], out: Path, *, steps: int | None = None, seed: int = 0, lr: float = 3e-3,
-           checkpoints: tuple[int, ...] | None = None, epochs: float = 1.0, items_per_step: int = 8) -> Path:
+           checkpoints: tuple[int, ...] | None = None, checkpoint_every: int | None = None, epochs: float = 1.0,
+           items_per_step: int = 8) -> Path:
     plan = plan_run(len(items), schedule=None, items_per_step=items_per_step, checkpoints=checkpoints,
-                    checkpoint_every=None, steps=steps, epochs=epochs)
+                    checkpoint_every=checkpoint_every, steps=steps, epochs=epochs)
     cfg = TINY.resolved(vocab_size=8192, context_length=ITEM_LEN - 1)
     return train_items(ArrayItems(items), out, model_config=cfg, tokenizer_file=tokenizer_path(), plan=plan,
                        optim=OptimConfig(lr=lr, warmup=2), seed=seed, device="cpu", progress=False,
@@ -81,7 +82,8 @@ def test_pythia_like_checkpoints_match_pythia() -> None:
         ck = default_checkpoints(total)
         assert ck[0] == 0 and ck[-1] == total and len(ck) <= 25
         assert list(ck) == sorted(set(ck))
-    assert 15 <= len(default_checkpoints(450)) <= 25
+    assert 15 <= len(default_checkpoints(400)) <= 25
+    assert default_checkpoints(400)[:8] == (0, 1, 2, 4, 8, 16, 25, 50)
 
 
 def test_lr_schedule_warmup_then_cosine() -> None:
@@ -132,11 +134,11 @@ def test_run_items_wraps_for_repeated_passes() -> None:
 # ------------------------------------------------------------------------------- training on items
 
 def test_training_is_deterministic_and_learns(corpus_items: list[np.ndarray], tmp_path: Path) -> None:
-    a = _train(corpus_items, tmp_path / "a", epochs=3)
+    a = _train(corpus_items, tmp_path / "a", epochs=3, checkpoint_every=6)
     b = _train(corpus_items, tmp_path / "b", epochs=3, checkpoints=(0, 6, 18))
     c = _train(corpus_items, tmp_path / "c", epochs=3, seed=1, checkpoints=(0,))
     run = json.loads((a / "run.json").read_text())
-    assert run["total_steps"] == 18 and run["checkpoints"] == list(default_checkpoints(18))
+    assert run["total_steps"] == 18 and run["checkpoints"] == [0, 1, 2, 4, 6, 12, 18]
     assert run["finished"] and run["finished_checkpoints"] == run["checkpoints"]
     for s in (0, 6, 18):
         sa, sb = _state(a / f"step{s}"), _state(b / f"step{s}")

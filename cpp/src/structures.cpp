@@ -143,28 +143,36 @@ std::pair<uint64_t, uint64_t> WaveletMatrix::write(const fs::path& path, std::ve
   std::vector<Line> lines(nlines);
   for (unsigned lv = 0; lv < levels; ++lv) {
     const unsigned bit = levels - 1 - lv;
-    std::fill(lines.begin(), lines.end(), Line{});
     uint64_t ones = 0;
-    for (uint64_t li = 0; li < nlines; ++li) {
+    for (uint64_t li = 0; li < nlines; ++li) {  // branch-free: the bits are unpredictable
       Line& ln = lines[li];
       ln.cum = ones;
-      const uint64_t start = li * kBits, end = std::min(n, start + kBits);
-      for (uint64_t i = start; i < end; ++i) {
-        if ((cur[i] >> bit) & 1) {
-          const uint64_t off = i - start;
-          ln.w[off / 64] |= uint64_t(1) << (off % 64);
-          ++ones;
-        }
+      const uint64_t start = li * kBits;
+      for (unsigned wi = 0; wi < 7; ++wi) {
+        const uint64_t a = std::min(n, start + 64 * wi), b = std::min(n, start + 64 * (wi + 1));
+        uint64_t w = 0;
+        for (uint64_t i = a; i < b; ++i) w |= uint64_t((cur[i] >> bit) & 1) << (i - a);
+        ln.w[wi] = w;
+        ones += uint64_t(__builtin_popcountll(w));
       }
     }
     out.write(lines.data(), lines.size() * sizeof(Line));
     zeros[lv] = n - ones;
-    uint64_t zi = 0, oi = zeros[lv];
+    // Stable partition by the bit, branch-free, in two passes: each writes every element at its
+    // side's cursor and advances the cursor only for its own side, so a stray write is always
+    // overwritten later (by the next element of that side, or by the ones' pass).
+    Sym* dst = nxt.data();
+    uint64_t zi = 0;
     for (uint64_t i = 0; i < n; ++i) {
-      if ((cur[i] >> bit) & 1)
-        nxt[oi++] = cur[i];
-      else
-        nxt[zi++] = cur[i];
+      const Sym v = cur[i];
+      if (zi < n) dst[zi] = v;
+      zi += 1 - ((v >> bit) & 1);
+    }
+    uint64_t oi = zeros[lv];
+    for (uint64_t i = 0; i < n; ++i) {
+      const Sym v = cur[i];
+      if (oi < n) dst[oi] = v;
+      oi += (v >> bit) & 1;
     }
     cur.swap(nxt);
   }

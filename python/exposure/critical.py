@@ -40,6 +40,8 @@ it is an occurrence of the shorter one), so summed counts never count one occurr
 from __future__ import annotations
 
 import bisect
+import multiprocessing
+import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -58,6 +60,11 @@ NEGATION = "not"
 # sentence-initial words that are not in the vocabulary and are not names
 _FUNCTION_WORDS = frozenset(
     {"even", "only", "also", "not", "and", "or", "what", "who", "whose", "which", "there", "it"}
+)
+
+
+_ARTICLE_LIKE = frozenset(
+    {"the", "a", "an", "this", "these", "those", "every", "each", "some", "most", "many", "all", "no", "few"}
 )
 
 
@@ -316,6 +323,23 @@ class Sentence:
             if self._is_noun_word(k):
                 self._chunk[k] = (k, k)
             k += 1
+        self._nouns_the_lexicon_misses()
+
+    def _nouns_the_lexicon_misses(self) -> None:
+        """In "Det X about/of …" X is a noun even where the lexicon lists it only as a verb ("The shows
+        about Monet"); "that" (also a complementizer) and multi-word determiners ("a lot of") are left out."""
+        for k in range(self.n - 2):
+            det = self.words[k].lower
+            x = k + 1
+            if (
+                det in _ARTICLE_LIKE
+                and self._chunk[x] is None
+                and self.words[x + 1].lower in ("about", "of")
+                and not self.words[x].is_punct
+                and not self.vocab.is_determiner(self.words[x].text)
+                and not any(self._match_expression(k, parts) for parts in self.vocab.multiword.get(det, ()))
+            ):
+                self._chunk[x] = (x, x)
 
     def verb_group_start(self, i: int) -> int:
         """First word of the multi-word verb of the vocabulary that word ``i`` ends or is inside ("to" in
@@ -1338,11 +1362,47 @@ def phrase_table(results: Sequence[PhraseResult], tokenizer: _Tokenizer, progres
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _worker_init(vocab: Vocabulary, tokenizer: _Tokenizer) -> None:
+    _WORKER_STATE["vocab"] = vocab
+    _WORKER_STATE["tokenizer"] = tokenizer
+
+
+def _worker_run(pairs: Sequence[BlimpPair]) -> pa.Table:
+    return phrase_table(find_critical_phrases(pairs, _WORKER_STATE["vocab"]), _WORKER_STATE["tokenizer"])
+
+
 def critical_phrases(
-    pairs: Sequence[BlimpPair], vocab: Vocabulary, tokenizer: _Tokenizer, progress: bool = False
+    pairs: Sequence[BlimpPair],
+    vocab: Vocabulary,
+    tokenizer: _Tokenizer,
+    progress: bool = False,
+    workers: int | None = None,
 ) -> pa.Table:
-    """Find every pair's critical phrase and tabulate it under ``tokenizer`` (see :func:`phrase_table`)."""
-    return phrase_table(find_critical_phrases(pairs, vocab, progress=progress), tokenizer, progress=progress)
+    """Find every pair's critical phrase and tabulate it under ``tokenizer`` (see :func:`phrase_table`).
+
+    With more than one worker (default: the number of cores, at most 8; only for 4,000 pairs or more
+    and where processes can be forked) the pairs are split into chunks handled by forked processes;
+    the table is the same, row for row.
+    """
+    n_workers = min(8, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    can_fork = "fork" in multiprocessing.get_all_start_methods()
+    if n_workers == 1 or len(pairs) < 4000 or not can_fork:
+        return phrase_table(find_critical_phrases(pairs, vocab, progress=progress), tokenizer, progress=progress)
+    n_chunks = n_workers * 4
+    size = -(-len(pairs) // n_chunks)
+    chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(n_workers, initializer=_worker_init, initargs=(vocab, tokenizer)) as pool:
+        it = pool.imap(_worker_run, chunks)
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, total=len(chunks), desc="critical phrases", unit="chunk", leave=False)
+        tables = list(it)
+    return pa.concat_tables(tables).replace_schema_metadata(tables[0].schema.metadata)
 
 
 # ---------------------------------------------------------------------------------------------- coverage

@@ -14,6 +14,7 @@ written before the next one is loaded; a finished checkpoint is never recomputed
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 from collections.abc import Callable, Sequence
@@ -103,7 +104,13 @@ class _TokenizerGate:
     def check(self, tokenizer_file: Path) -> tuple[str, str]:
         sha = file_sha256(tokenizer_file)
         if sha not in self.verdicts:
-            self.verdicts[sha] = check_tokenizer(tokenizer_file, self.expected, self.sentences, self.reference)
+            verdict = check_tokenizer(tokenizer_file, self.expected, self.sentences, self.reference)
+            if verdict == "unchecked" and self.verdicts:
+                raise EvalError(
+                    f"{tokenizer_file} differs from the tokenizer of the run's first checkpoint, and the pairs carry "
+                    "no tokenizer fingerprint (exposure.tokenizer_sha256) to tell which one they were built with"
+                )
+            self.verdicts[sha] = verdict
         return sha, self.verdicts[sha]
 
 
@@ -200,7 +207,7 @@ def evaluate_run(
                     result = score_checkpoint(
                         model, encoded, batches, prefix, shape.n_layers, shape.n_heads, pending.array, dev,
                         progress=progress, desc=f"step{step}",
-                        on_batch=None if on_batch is None else (lambda i, s=step: on_batch(s, i)),
+                        on_batch=None if on_batch is None else functools.partial(on_batch, step),
                     )
                 except torch.cuda.OutOfMemoryError as exc:
                     raise EvalError(

@@ -116,7 +116,7 @@ def check_tokenizer(phrases: pa.Table, index: _Index) -> None:
                 )
 
 
-def _row_queries(table: pa.Table, col: str) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+def row_queries(table: pa.Table, col: str) -> tuple[np.ndarray, list[tuple[int, ...]]]:
     """For every variant query of every row: its row number, and the query's tokens."""
     rows: list[int] = []
     queries: list[tuple[int, ...]] = []
@@ -128,15 +128,18 @@ def _row_queries(table: pa.Table, col: str) -> tuple[np.ndarray, list[tuple[int,
 
 
 def exposure_of(
-    index: _Index, schedule: Schedule, row_queries: Sequence[tuple[np.ndarray, list[tuple[int, ...]]]], n_rows: int
+    index: _Index,
+    schedule: Schedule,
+    columns: Sequence[tuple[np.ndarray, list[tuple[int, ...]]]],
+    n_rows: int,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Count, first step and per-window exposures per row, summed over each row's variant queries.
 
-    ``row_queries`` holds, per table column, the pairs (row numbers, queries) of :func:`_row_queries`.
+    ``columns`` holds, per table column, the pair (row numbers, queries) of :func:`row_queries`.
     Every distinct query is sent to the index once.
     """
     uniq: dict[tuple[int, ...], int] = {}
-    for _rows, queries in row_queries:
+    for _rows, queries in columns:
         for q in queries:
             uniq.setdefault(q, len(uniq))
     phrases = [list(q) for q in uniq]
@@ -151,7 +154,7 @@ def exposure_of(
         expo = np.zeros((0, k), dtype=np.int64)
     never = np.iinfo(np.int64).max
     out = []
-    for rows, queries in row_queries:
+    for rows, queries in columns:
         qid = np.asarray([uniq[q] for q in queries], dtype=np.int64)
         c = np.zeros(n_rows, dtype=np.int64)
         f = np.full(n_rows, never, dtype=np.int64)
@@ -190,7 +193,7 @@ def make_splits(phrases: pa.Table, index: _Index, schedule: Schedule, index_path
     check_tokenizer(phrases, index)
     n = phrases.num_rows
     (cg, fg, eg), (cb, fb, eb) = exposure_of(
-        index, schedule, [_row_queries(phrases, "query_good"), _row_queries(phrases, "query_bad")], n
+        index, schedule, [row_queries(phrases, "query_good"), row_queries(phrases, "query_bad")], n
     )
     ck = schedule.checkpoints
     train = split_labels(fg, ck)
@@ -269,6 +272,7 @@ __all__ = [
     "exposure_of",
     "make_splits",
     "read_phrases",
+    "row_queries",
     "split_labels",
     "summarize",
 ]

@@ -47,8 +47,6 @@ BOOKS: tuple[tuple[str, str], ...] = (
     ("Nesbit, E. (Edith)", "The Railway Children"),
     ("Nesbit, E. (Edith)", "The Phoenix and the Carpet"),
     ("Grimm, Jacob", "Grimm's Fairy Tales"),
-    ("Andersen, H. C. (Hans Christian)", "Andersen's Fairy Tales"),
-    ("Potter, Beatrix", "A Collection of Beatrix Potter Stories"),
 )
 """(author, title) of the books in the corpus, in corpus order (exact ``manifest.tsv`` values, train split)."""
 

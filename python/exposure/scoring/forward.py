@@ -33,7 +33,8 @@ class CheckpointScores:
 def token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``log softmax(head(hidden))[targets]`` row by row, in float32, without materializing all logits at once."""
     out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-    vocab = int(head.weight.shape[0])
+    weight: torch.Tensor = getattr(head, "weight")  # noqa: B009 (typed access to a Module attribute)
+    vocab = int(weight.shape[0])
     step = max(1, LOGIT_CHUNK_ELEMENTS // vocab)
     for start in range(0, hidden.shape[0], step):
         logp = torch.log_softmax(head(hidden[start : start + step]).float(), dim=1)

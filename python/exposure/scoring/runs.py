@@ -129,7 +129,12 @@ class Run:
             raise EvalError(f"no tokenizer.json in {self.root / f'step{step}'} or {self.root}")
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(self.source, "tokenizer.json", revision=f"step{step}"))
+        try:
+            return Path(hf_hub_download(self.source, "tokenizer.json", revision=f"step{step}"))
+        except Exception as exc:  # network, missing repo/revision/file: all mean the same to the user
+            raise EvalError(
+                f"cannot fetch tokenizer.json of {self.source} at revision step{step}: {exc}"
+            ) from exc
 
     def prefix_token_id(self, step: int) -> int:
         """lm-evaluation-harness's prefix token: the tokenizer's BOS, else its EOS."""
@@ -170,7 +175,7 @@ class Run:
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
         try:
-            model = AutoModelForCausalLM.from_pretrained(
+            model: Any = AutoModelForCausalLM.from_pretrained(
                 location, revision=revision, dtype=dtype, attn_implementation=implementation
             )
         except (OSError, ValueError, KeyError) as exc:

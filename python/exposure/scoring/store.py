@@ -91,7 +91,7 @@ class PendingStates:
     """A memory-mapped ``.npy`` being filled for one checkpoint (renamed into place on commit)."""
 
     tmp: Path
-    array: np.ndarray
+    array: np.memmap[Any, np.dtype[np.float16]]
 
 
 class OutputDir:

@@ -47,15 +47,16 @@ def pythia_like_checkpoints(total_steps: int, every: int) -> tuple[int, ...]:
 
 
 def _nice_intervals() -> Iterable[int]:
-    scale = 1
+    """1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, …"""
+    yield from (1, 2, 5)
+    scale = 10
     while True:
-        for m in (1, 2, 5):
-            yield m * scale
+        yield from (scale, 2 * scale, 5 * scale // 2, 5 * scale)
         scale *= 10
 
 
 def auto_interval(total_steps: int, max_count: int = DEFAULT_MAX_CHECKPOINTS) -> int:
-    """The smallest interval in 1, 2, 5, 10, 20, 50, … whose Pythia-like schedule has at most
+    """The smallest interval in 1, 2, 5, 10, 20, 25, 50, … whose Pythia-like schedule has at most
     ``max_count`` checkpoints."""
     if max_count < 2:
         raise ValueError(f"max_count must be >= 2, got {max_count}")
