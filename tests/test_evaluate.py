@@ -77,6 +77,15 @@ def make_pairs(tokenizer_file: Path, per_paradigm: int = 5) -> pa.Table:
                 row[f"{side}_critical_token"] = min(max(len(ids) - tail - 1, start), len(ids) - 1)
                 row[f"{side}_context_token"] = start - 1
             rows.append(row)
+    # edge cases of the shared prefix: one sentence is a token prefix of the other
+    for uid, good_text, bad_text in (("edge/0", "The cat sleeps.", "The cat sleeps. The dog"),
+                                     ("edge/1", "The cat sleeps today.", "The cat sleeps")):
+        row = {"pair_uid": uid, "uid": "edge", "pair_id": int(uid[-1]), "phenomenon": "edge",
+               "sentence_good": good_text, "sentence_bad": bad_text}
+        for side, text in (("good", good_text), ("bad", bad_text)):
+            last = len(tokenizer.encode(text, add_special_tokens=False).ids) - 1
+            row.update({f"{side}_critical_start": last, f"{side}_critical_token": last, f"{side}_context_token": 0})
+        rows.append(row)
     for side in ("good", "bad"):
         rows[1][f"{side}_critical_start"] = rows[1][f"{side}_critical_token"] = -1
         rows[2][f"{side}_critical_start"] = rows[2][f"{side}_critical_token"] = 0

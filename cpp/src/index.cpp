@@ -115,14 +115,9 @@ void Index::window_counts(const PhraseBatch& phrases, std::span<const uint64_t> 
   const size_t cols = boundaries.size() < 2 ? 0 : boundaries.size() - 1;
   std::fill(out.begin(), out.end(), 0);
   if (cols == 0) return;
-  // Only shards that overlap [boundaries.front(), boundaries.back()) can contribute.
-  std::vector<const Shard*> relevant;
-  std::vector<WindowPlan> plans;
-  for (const Shard& s : shards_) {
-    if (s.stream_end() <= boundaries.front() || s.stream_start() >= boundaries.back()) continue;
-    relevant.push_back(&s);
-    plans.push_back(s.plan_windows(boundaries));
-  }
+  const auto cached = plans_for(boundaries);
+  const std::vector<const Shard*>& relevant = cached->shards;
+  const std::vector<WindowPlan>& plans = cached->plans;
   parallel_for(phrases.size(), threads_, [&](size_t b, size_t e) {
     std::vector<uint64_t> scratch;
     for (size_t i = b; i < e; ++i) {
@@ -131,6 +126,26 @@ void Index::window_counts(const PhraseBatch& phrases, std::span<const uint64_t> 
         relevant[k]->window_counts(relevant[k]->find(phrases[i]), plans[k], row, scratch);
     }
   });
+}
+
+std::shared_ptr<const Index::Plans> Index::plans_for(std::span<const uint64_t> boundaries) const {
+  std::vector<uint64_t> key(boundaries.begin(), boundaries.end());
+  {
+    std::lock_guard lock(plans_mu_);
+    auto it = plans_.find(key);
+    if (it != plans_.end()) return it->second;
+  }
+  auto p = std::make_shared<Plans>();
+  // Only shards that overlap [boundaries.front(), boundaries.back()) can contribute.
+  for (const Shard& s : shards_) {
+    if (s.stream_end() <= boundaries.front() || s.stream_start() >= boundaries.back()) continue;
+    p->shards.push_back(&s);
+    p->plans.push_back(s.plan_windows(boundaries));
+  }
+  std::lock_guard lock(plans_mu_);
+  if (plans_.size() >= 64) plans_.clear();  // bounded: a handful of schedules is the normal case
+  plans_.emplace(std::move(key), p);
+  return p;
 }
 
 std::vector<uint64_t> Index::positions(std::span<const uint32_t> phrase, uint64_t limit) const {

@@ -3,6 +3,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -43,7 +46,15 @@ class Index {
 
  private:
   void validate(const PhraseBatch& phrases) const;
+  struct Plans {
+    std::vector<const Shard*> shards;  // shards overlapping the windows
+    std::vector<WindowPlan> plans;
+  };
+  // Window plans depend only on the boundaries: cached, so a one-phrase call does not redo them.
+  std::shared_ptr<const Plans> plans_for(std::span<const uint64_t> boundaries) const;
   std::vector<Shard> shards_;
+  mutable std::mutex plans_mu_;
+  mutable std::map<std::vector<uint64_t>, std::shared_ptr<const Plans>> plans_;
   uint32_t vocab_;
   unsigned threads_;
 };

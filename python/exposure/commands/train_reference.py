@@ -49,6 +49,7 @@ def register(subparsers: Any) -> None:
     t.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
     t.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:N")
     t.add_argument("--micro-batch", type=int, help="items per forward pass (gradient accumulation; default: the whole step)")
+    t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own, usually all cores)")
     t.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default) or bf16 autocast")
     t.add_argument("--tokenizer", help="tokenizer.json to save with the checkpoints (default: the index's own; must match it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
         micro_batch_size=args.micro_batch,
         precision=args.precision,
+        threads=args.threads,
         progress=not args.no_progress,
     )
     print(f"checkpoints and run.json in {out}", file=sys.stderr)

@@ -78,30 +78,33 @@ def _forward_batch(
     batch: Batch,
     query_pos: np.ndarray,
     key_pos: np.ndarray,
-    shape_layers: int,
+    predicts: np.ndarray,
+    n_layers: int,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(flat token log-probs float32 [sum(len-1)], states [b, L+1, d] float16, attention rows [b, L, H] float32)."""
+    """One forward pass. ``predicts``: bool ``[b, T-1]``, the positions whose next-token log-prob is wanted.
+
+    Returns (log-probs float32 of the ``predicts`` positions in row-major order, hidden states at ``query_pos``
+    float16 ``[b, n_layers + 1, d]``, attention rows ``query_pos -> key_pos`` float32 ``[b, n_layers, H]``).
+    """
     base, head = _base_and_head(model)
     ids = torch.from_numpy(batch.input_ids).to(device)
     mask = torch.from_numpy(batch.attention_mask()).to(device)
-    lengths = torch.from_numpy(batch.lengths).to(device)
     q = torch.from_numpy(query_pos).to(device)
     k = torch.from_numpy(key_pos).to(device)
     with AttentionRowRecorder(q, k) as recorder:
         out = base(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
-    rows = recorder.rows(shape_layers)
+    rows = recorder.rows(n_layers)
     hidden = out.hidden_states
-    if hidden is None or len(hidden) != shape_layers + 1:
+    if hidden is None or len(hidden) != n_layers + 1:
         raise UnsupportedModelError(
             f"{type(model).__name__} returned {0 if hidden is None else len(hidden)} hidden states for "
-            f"{shape_layers} layers (expected layers + 1)"
+            f"{n_layers} layers (expected layers + 1)"
         )
     r = torch.arange(ids.shape[0], device=device)
     states = torch.stack([h[r, q] for h in hidden], dim=1).to(torch.float16)
-    width = ids.shape[1]
-    predicts = torch.arange(width - 1, device=device)[None, :] < (lengths - 1)[:, None]  # [b, T-1]
-    logp = token_logprobs(head, out.last_hidden_state[:, :-1][predicts], ids[:, 1:][predicts])
+    wanted = torch.from_numpy(predicts).to(device)
+    logp = token_logprobs(head, out.last_hidden_state[:, :-1][wanted], ids[:, 1:][wanted])
     return logp, states, rows
 
 
@@ -118,17 +121,23 @@ def score_checkpoint(
     desc: str = "",
     on_batch: Callable[[int], None] | None = None,
 ) -> CheckpointScores:
-    """Score every sentence of ``encoded`` with ``model`` (batches from :func:`plan_batches`).
+    """Score every sentence of ``encoded`` with ``model`` (batches of sequence indices from :func:`plan_batches`).
 
-    Hidden states at each sentence's critical token (every layer, float16) are written into ``states_out``
+    Every token's log-probability is kept (float64, flat). The bad sentence's first ``shared_prefix`` tokens
+    have the same prefix and the same target as the good sentence's, so their log-probabilities are the good
+    sentence's: the vocabulary projection is skipped there and the values copied. Hidden states at each
+    sentence's critical token (every layer, float16) are written into ``states_out``
     (``[n, 2, n_layers + 1, d_model]``, e.g. a memory-mapped ``.npy``); NaN where there is no critical token.
     ``on_batch(i)`` is called after batch ``i`` (progress reporting, tests).
     """
     n = encoded.n_pairs
     first = make_batch(encoded.tokens, batches[0][:1], prefix_id, prefix_id)
     check_head(model, torch.from_numpy(first.input_ids).to(device))
-    logp = np.full((n, 2), np.nan)
-    crit_logp = np.full((n, 2), np.nan)
+    lengths = encoded.lengths()  # [2n] sentence tokens = scored positions
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    token_logp = np.full(int(offsets[-1]), np.nan)
+    skip = np.zeros(2 * n, dtype=np.int64)
+    skip[1::2] = encoded.shared_prefix  # bad sentences: the shared tokens come from the good sentence
     attention = np.full((n, 2, n_layers, n_heads), np.nan, dtype=np.float32)
     overflow = 0
     bar = tqdm(total=2 * n, desc=desc, unit="sent", disable=not progress, leave=False, dynamic_ncols=True)
@@ -136,20 +145,13 @@ def score_checkpoint(
         for i, index in enumerate(batches):
             batch = make_batch(encoded.tokens, index, prefix_id, prefix_id)
             pair, side, query_pos, key_pos = _positions(encoded, index)
-            flat, states, rows = _forward_batch(model, batch, query_pos, key_pos, n_layers, device)
-            flat_np = flat.double().cpu().numpy()
-            counts = batch.lengths - 1
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            logp[pair, side] = np.add.reduceat(flat_np, starts)
-            cumulative = np.concatenate([[0.0], np.cumsum(flat_np)])
-            cs = encoded.critical_start[pair, side]
-            ct = encoded.critical_token[pair, side]
-            has_crit = ct >= 0
-            crit = cumulative[starts + np.maximum(ct, 0) + 1] - cumulative[starts + np.maximum(cs, 0)]
-            crit_logp[pair, side] = np.where(has_crit, crit, np.nan)
-            rows_np = rows.cpu().numpy()
+            position = np.arange(batch.input_ids.shape[1] - 1)[None, :]  # predicts sentence token `position`
+            predicts = (position < lengths[index][:, None]) & (position >= skip[index][:, None])
+            flat, states, rows = _forward_batch(model, batch, query_pos, key_pos, predicts, n_layers, device)
+            token_logp[(offsets[index][:, None] + position)[predicts]] = flat.double().cpu().numpy()
+            has_crit = encoded.critical_token[pair, side] >= 0
             has_row = has_crit & (encoded.context_token[pair, side] >= 0)
-            attention[pair[has_row], side[has_row]] = rows_np[has_row]
+            attention[pair[has_row], side[has_row]] = rows.cpu().numpy()[has_row]
             states_np = states.cpu().numpy()[has_crit]
             overflow += int(np.isinf(states_np).any(axis=(1, 2)).sum())
             states_out[pair[has_crit], side[has_crit]] = states_np
@@ -159,4 +161,17 @@ def score_checkpoint(
     finally:
         bar.close()
     states_out[encoded.critical_token < 0] = np.float16(np.nan)
+    shared = encoded.shared_prefix
+    within = np.arange(int(shared.sum())) - np.repeat(np.cumsum(shared) - shared, shared)
+    pairs_rep = np.repeat(np.arange(n), shared)
+    token_logp[offsets[2 * pairs_rep + 1] + within] = token_logp[offsets[2 * pairs_rep] + within]
+    if np.isnan(token_logp).any():
+        raise RuntimeError("internal error: some token log-probabilities were not computed")
+    logp = np.add.reduceat(token_logp, offsets[:-1]).reshape(n, 2)
+    # sum over tokens critical_start..critical_token: reduceat over [a, b) spans (even slots; odd slots are gaps)
+    start, crit = encoded.critical_start, encoded.critical_token
+    base = offsets[:-1].reshape(n, 2)
+    spans = np.stack([base + np.maximum(start, 0), base + np.maximum(crit, 0) + 1], axis=-1).ravel()
+    crit_sum = np.add.reduceat(np.append(token_logp, 0.0), spans)[0::2].reshape(n, 2)
+    crit_logp = np.where(crit >= 0, crit_sum, np.nan)
     return CheckpointScores(logp, crit_logp, attention, overflow)

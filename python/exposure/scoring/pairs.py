@@ -98,6 +98,7 @@ class EncodedPairs:
 
     ``tokens[k]``: the sentence's token ids (no prefix, no special tokens). Index arrays are int64 ``[n, 2]``
     of token indices into ``tokens`` (``-1`` = none); model position = index + 1 (after the prefix token).
+    ``shared_prefix``: int64 ``[n]``, how many leading tokens the good and bad sentence have in common.
     """
 
     pair_uid: list[str]
@@ -105,6 +106,7 @@ class EncodedPairs:
     critical_start: np.ndarray
     critical_token: np.ndarray
     context_token: np.ndarray
+    shared_prefix: np.ndarray
 
     @property
     def n_pairs(self) -> int:
@@ -159,7 +161,13 @@ def encode_pairs(table: pa.Table, tokenizer: Tokenizer) -> EncodedPairs:
             f"{lengths[row, side]} tokens of {sentences[2 * row + side]!r}; were the pairs built with another "
             f"tokenizer? ({int(bad_rows.any(axis=1).sum())} pair(s) affected)"
         )
-    return EncodedPairs(uids, tokens, start, crit, ctx)
+    shared = np.empty(len(uids), dtype=np.int64)
+    for i in range(len(uids)):
+        good_ids, bad_ids = tokens[2 * i], tokens[2 * i + 1]
+        m = min(len(good_ids), len(bad_ids))
+        differ = np.flatnonzero(good_ids[:m] != bad_ids[:m])
+        shared[i] = differ[0] if len(differ) else m
+    return EncodedPairs(uids, tokens, start, crit, ctx, shared)
 
 
 def check_tokenizer(

@@ -101,18 +101,24 @@ def fingerprint(settings: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def _deterministic(device: str) -> Iterator[None]:
+def _deterministic(device: str, threads: int | None) -> Iterator[None]:
+    """Deterministic kernels (and ``threads`` CPU threads) while training; the caller's settings come back."""
     import torch
 
     if device.startswith("cuda"):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     prev = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+        if threads is not None:
+            torch.set_num_threads(prev_threads)
 
 
 def _init_model(model_config: ModelConfig, hf_tokenizer: Any, seed: int) -> Any:
@@ -184,6 +190,7 @@ def train_items(
     device: str = "auto",
     micro_batch_size: int | None = None,
     precision: str = "fp32",
+    threads: int | None = None,
     progress: bool = True,
     data_info: dict[str, Any] | None = None,
     schedule: dict[str, Any] | None = None,
@@ -192,6 +199,7 @@ def train_items(
 
     ``model_config`` must be resolved (:meth:`ModelConfig.resolved`). ``data_info`` (must hold an ``id``
     identifying the data, e.g. the index manifest's sha256) and ``schedule`` are recorded in run.json.
+    ``threads``: CPU threads for torch while training (default: torch's setting, usually all cores).
     """
     import torch
     import torch.nn.functional as F
@@ -200,6 +208,8 @@ def train_items(
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if micro_batch_size is not None and micro_batch_size <= 0:
         raise ValueError(f"micro_batch_size must be positive, got {micro_batch_size}")
+    if threads is not None and threads <= 0:
+        raise ValueError(f"threads must be positive, got {threads}")
     if model_config.vocab_size is None or model_config.context_length is None:
         raise ValueError("train_items needs a resolved ModelConfig (call ModelConfig.resolved)")
     data_info = dict(data_info or {})
@@ -258,6 +268,7 @@ def train_items(
         "schedule": schedule,
         "checkpoints": list(plan.checkpoints),
         "device": dev,
+        "threads": threads,
         "precision": precision,
         "micro_batch_size": micro_batch_size,
         "versions": _versions(),
@@ -292,7 +303,7 @@ def train_items(
     elif done:
         _log(f"no usable resume state: recomputing from step 0; the finished checkpoints {sorted(done)} are kept", progress)
 
-    with _deterministic(dev):
+    with _deterministic(dev, threads):
         if state is not None:
             from transformers import GPTNeoXForCausalLM
 

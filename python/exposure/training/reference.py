@@ -134,6 +134,7 @@ def train_reference(
     tokenizer: str | os.PathLike[str] | None = None,
     micro_batch_size: int | None = None,
     precision: str = "fp32",
+    threads: int | None = None,
     progress: bool = True,
 ) -> Path:
     """Train ``config`` from scratch on the index's items in index order; checkpoints go to ``out_dir``.
@@ -142,6 +143,7 @@ def train_reference(
     (``AutoModelForCausalLM`` / ``AutoTokenizer`` load them). See :func:`plan_run` for how the batch,
     steps and checkpoints are chosen, and :mod:`exposure.training.loop` for determinism and resuming.
     ``tokenizer``: a ``tokenizer.json`` (or folder) to use instead of the index's own (must match it).
+    ``threads``: CPU threads for torch (default: torch's own setting, usually all cores).
     """
     from exposure.tokenizer import tokenizer_for_index
 
@@ -164,7 +166,7 @@ def train_reference(
         item_length=item_length,
         items_per_step=plan.items_per_step,
         checkpoints=plan.checkpoints,
-        epoch_items=len(source) if passes > 1 else None,
+        epoch_items=len(source) if passes > 1 else (schedule.epoch_items if schedule is not None else None),
         total_steps=plan.total_steps,
     )
     data_info = {
@@ -186,6 +188,7 @@ def train_reference(
         device=device,
         micro_batch_size=micro_batch_size,
         precision=precision,
+        threads=threads,
         progress=progress,
         data_info=data_info,
         schedule=run_schedule.to_dict(),
