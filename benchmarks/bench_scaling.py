@@ -1,0 +1,77 @@
+"""Build-time scaling of the engine: the same realistic stream at two sizes, in one run.
+
+Target (issue 2): going from 100M to 300M tokens costs at most 3.3x the build time.
+
+    PYTHONPATH=python:benchmarks .venv/bin/python benchmarks/bench_scaling.py --sizes 100000000 300000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from corpus import realistic_stream
+
+CHILD = """
+import json, sys, time, numpy as np, exposure
+from exposure.engine import peak_rss_bytes
+path, out, threads, budget = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+t = time.perf_counter()
+ix = exposure.build_index(path, out, dtype=np.uint16, vocab_size=50277, item_length=2049, threads=threads,
+                          memory_budget_bytes=budget, progress=False)
+print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_bytes": peak_rss_bytes(),
+                  "bytes_per_token": ix.manifest["build"]["bytes_per_token"], "shards": ix.num_shards}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000_000, 300_000_000])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--memory-budget", default="8G")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="exposure-scaling-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results = []
+    try:
+        for n in args.sizes:
+            stream_path = work / f"stream-{n}.u16"
+            print(f"[scaling] generating {n:,} tokens", file=sys.stderr)
+            realistic_stream(n).tofile(stream_path)
+            out = work / f"index-{n}"
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"[scaling] building {n:,} tokens", file=sys.stderr)
+            t = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-c", CHILD, str(stream_path), str(out), str(args.threads),
+                                   args.memory_budget], capture_output=True, text=True, check=True)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r.update(tokens=n, wall=time.perf_counter() - t)
+            results.append(r)
+            shutil.rmtree(out)
+            stream_path.unlink()
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    base = results[0]
+    print(f"{'tokens':>14} {'build s':>9} {'Mtok/s':>8} {'peak RSS MiB':>13} {'B/token':>8} {'shards':>7} {'time ratio':>11} {'size ratio':>11}")
+    for r in results:
+        print(f"{r['tokens']:>14,} {r['seconds']:>9.2f} {r['tokens'] / r['seconds'] / 1e6:>8.2f} "
+              f"{r['peak_rss_bytes'] / 2**20:>13,.0f} {r['bytes_per_token']:>8.3f} {r['shards']:>7} "
+              f"{r['seconds'] / base['seconds']:>11.2f} {r['tokens'] / base['tokens']:>11.2f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
