@@ -107,7 +107,9 @@ def build_run(root: Path, shape: str, dtype: torch.dtype) -> Path:
     return step
 
 
-def run_ours(pairs: pa.Table, run: Path, out: Path, device: str, dtype: str, batch_tokens: int) -> dict[str, Any]:
+def run_ours(
+    pairs: pa.Table, run: Path, out: Path, device: str, dtype: str, batch_tokens: int | None
+) -> dict[str, Any]:
     from exposure.evaluate import evaluate_run
 
     shutil.rmtree(out, ignore_errors=True)
@@ -122,6 +124,7 @@ def run_ours(pairs: pa.Table, run: Path, out: Path, device: str, dtype: str, bat
         "seconds": seconds,
         "cpu_seconds": cpu,
         "score_seconds": info["score_seconds"],
+        "batch_tokens": results.run["batch_tokens"],
         "logp": np.stack([scores.column("logp_good").to_numpy(), scores.column("logp_bad").to_numpy()], axis=1),
     }
 
@@ -131,10 +134,11 @@ def run_peer(pairs: pa.Table, step: Path, device: str, torch_dtype: torch.dtype,
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    model = AutoModelForCausalLM.from_pretrained(step, dtype=torch_dtype).to(device).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(step, dtype=torch_dtype)
+    model = model.to(device).eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(step)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    requests = []
+    requests: list[Any] = []
     good_bad = (pairs.column("sentence_good").to_pylist(), pairs.column("sentence_bad").to_pylist())
     for good, bad in zip(*good_bad, strict=True):
         for sentence in (good, bad):
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=1340, help="number of BLiMP pairs (spread over 67 paradigms)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    parser.add_argument("--batch-tokens", type=int, default=16384)
+    parser.add_argument("--batch-tokens", type=int, default=None, help="default: exposure eval's for the device")
     parser.add_argument("--peer-batch-sizes", default="1,64", help="lm-eval batch sizes to run (its default is 1)")
     parser.add_argument("--repeats", type=int, default=1, help="alternate ours/peer this many times; best time kept")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -189,14 +193,15 @@ def main(argv: list[str] | None = None) -> int:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "cpu_threads": torch.get_num_threads(),
         "dtype": dtype_flag,
-        "batch_tokens": args.batch_tokens,
+        "batch_tokens": ours["batch_tokens"],
         "ours_pairs_per_s": n / ours["seconds"],
         "ours_pairs_per_cpu_s": n / ours["cpu_seconds"],
         "ours_pairs_per_s_scoring_only": n / ours["score_seconds"],
         "peer": "lm-evaluation-harness 0.4.13 HFLM.loglikelihood (BLiMP requests)",
         "peers": {},
     }
-    print(f"{args.shape} ({n} pairs, {device}, {dtype_flag}, {torch.get_num_threads()} threads)")
+    print(f"{args.shape} ({n} pairs, {device}, {dtype_flag}, {torch.get_num_threads()} threads, "
+          f"batch_tokens {ours['batch_tokens']})")
     print(f"  exposure eval   : {n / ours['seconds']:9.1f} pairs/s end to end, {n / ours['cpu_seconds']:.1f} per "
           f"CPU-s ({n / ours['score_seconds']:.1f} pairs/s scoring only), with states + attention rows + files")
     for size, peer in peers.items():

@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from exposure import data
 from exposure.data import build_bundle
 from exposure.tokenizer import load_tokenizer

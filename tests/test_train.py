@@ -25,7 +25,6 @@ from exposure.train import (  # noqa: E402
     ArrayItems,
     ModelConfig,
     OptimConfig,
-    RunPlan,
     default_checkpoints,
     plan_run,
     pythia_like_checkpoints,
@@ -190,7 +189,9 @@ def test_batches_are_consecutive_items(corpus_items: list[np.ndarray], tmp_path:
         np.testing.assert_array_equal(ids, want)
 
 
-def test_resume_after_interruption_is_exact(corpus_items: list[np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_after_interruption_is_exact(
+    corpus_items: list[np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ref = _train(corpus_items, tmp_path / "ref", checkpoints=(0, 2, 4, 6))
     saved: list[int] = []
     real = loop._save_checkpoint
@@ -206,6 +207,12 @@ def test_resume_after_interruption_is_exact(corpus_items: list[np.ndarray], tmp_
     with pytest.raises(KeyboardInterrupt):
         _train(corpus_items, tmp_path / "run", checkpoints=(0, 2, 4, 6))
     assert saved == [0, 2, 4] and not (tmp_path / "run" / "step6").exists()
+    assert not (tmp_path / "run" / "run.json").exists(), "run.json means finished"
+    progress = json.loads((tmp_path / "run" / "progress.json").read_text())
+    # the crash came after step4/ was written but before the resume state and progress.json caught up:
+    # the rerun resumes from step 2's optimizer state and keeps step4/ as it is
+    assert progress["finished_checkpoints"] == [0, 2] and not progress["finished"]
+    assert len(progress["loss_curve"]["loss"]) == 2
     mtime = (tmp_path / "run" / "step2" / "model.safetensors").stat().st_mtime_ns
     saved.clear()
     _train(corpus_items, tmp_path / "run", checkpoints=(0, 2, 4, 6))
@@ -213,6 +220,7 @@ def test_resume_after_interruption_is_exact(corpus_items: list[np.ndarray], tmp_
     assert (tmp_path / "run" / "step2" / "model.safetensors").stat().st_mtime_ns == mtime
     sr, sn = _state(ref / "step6"), _state(tmp_path / "run" / "step6")
     assert all(torch.equal(sr[k], sn[k]) for k in sr)
+    assert not (tmp_path / "run" / "progress.json").exists()
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["finished"] and run["loss_curve"]["loss"] == json.loads((ref / "run.json").read_text())["loss_curve"]["loss"]
 
@@ -224,6 +232,26 @@ def test_resume_after_interruption_is_exact(corpus_items: list[np.ndarray], tmp_
     assert saved == [6]
     sn = _state(tmp_path / "run" / "step6")
     assert all(torch.equal(sr[k], sn[k]) for k in sr)
+
+
+def test_micro_batches_and_bf16(corpus_items: list[np.ndarray], tmp_path: Path) -> None:
+    """Gradient accumulation over uneven micro-batches gives the same update (up to float rounding)."""
+    cfg = TINY.resolved(vocab_size=8192, context_length=ITEM_LEN - 1)
+    plan = plan_run(24, schedule=None, items_per_step=8, checkpoints=(0, 3), checkpoint_every=None, steps=None, epochs=1)
+
+    def run(name: str, **kw: object) -> Path:
+        return train_items(ArrayItems(corpus_items[:24]), tmp_path / name, model_config=cfg, tokenizer_file=tokenizer_path(),
+                           plan=plan, optim=OptimConfig(lr=3e-3, warmup=1), device="cpu", progress=False,
+                           data_info={"id": "first 24 items"}, **kw)  # type: ignore[arg-type]
+
+    whole, micro, half = run("whole"), run("micro", micro_batch_size=3), run("bf16", precision="bf16", threads=1)
+    sw, sm = _state(whole / "step3"), _state(micro / "step3")
+    assert all(torch.allclose(sw[k], sm[k], atol=2e-5) for k in sw)
+    lw = json.loads((whole / "run.json").read_text())["loss_curve"]["loss"]
+    lm = json.loads((micro / "run.json").read_text())["loss_curve"]["loss"]
+    lh = json.loads((half / "run.json").read_text())["loss_curve"]["loss"]
+    assert np.allclose(lw, lm, atol=1e-4) and np.allclose(lw, lh, atol=0.05)
+    assert _state(half / "step3")["embed_out.weight"].dtype == torch.float32  # bf16 autocast, fp32 weights
 
 
 def test_refuses_a_folder_with_other_settings(corpus_items: list[np.ndarray], tmp_path: Path) -> None:

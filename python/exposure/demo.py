@@ -145,6 +145,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print)
         config = ModelConfig.preset(cfg.model, **cfg.overrides)
         train_reference(index_dir, model_dir, config=config, items_per_step=cfg.items_per_step,
                         checkpoints=schedule.checkpoints, steps=schedule.checkpoints[-1], seed=cfg.seed,
+                        threads=cfg.threads,
                         progress=cfg.progress)
 
     _stage("train", model_dir / "run.json", train, log, seconds)

@@ -51,8 +51,10 @@ __all__ = [
     "load_results",
 ]
 
-DEFAULT_BATCH_TOKENS = 16384
-"""Padded tokens per forward pass (rows x longest sequence). Raise it on a large GPU for small models."""
+DEFAULT_BATCH_TOKENS = {"cuda": 16384, "cpu": 1024}
+"""Padded tokens per forward pass (rows x longest sequence) by device type, when not given. On a GPU, bigger
+batches keep the device busy (raise it for small models on a large GPU); on a CPU, batches that stay in cache
+are faster (measured: 1,024 tokens about 2x faster than 16,384 for a Pythia-160M shape)."""
 
 SCORING_CONVENTION = {
     "name": "lm-evaluation-harness loglikelihood, BLiMP",
@@ -128,7 +130,7 @@ def evaluate_run(
     checkpoints: Sequence[int] | None = None,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_tokens: int | None = None,
     progress: bool = True,
     reference_tokenizer: str | Path | None = None,
     prefix_token_id: int | None = None,
@@ -141,9 +143,10 @@ def evaluate_run(
     model id whose revision ``step{S}`` is checkpoint S (Pythia). ``checkpoints``: steps to score (default:
     every local folder; for a hub id, the pairs table's ``exposure.checkpoints``). ``device``: ``auto`` / ``cpu``
     / ``cuda[:i]``; ``dtype``: ``auto`` (bf16 on GPU, fp32 on CPU) / ``bf16`` / ``fp16`` / ``fp32``.
-    ``batch_tokens``: padded tokens per forward pass. ``reference_tokenizer``: the original tokenizer file of the
-    pairs, used when the run's ``tokenizer.json`` is a re-serialized copy (see
-    :func:`exposure.scoring.pairs.check_tokenizer`). ``prefix_token_id`` overrides the tokenizer's BOS/EOS.
+    ``batch_tokens``: padded tokens per forward pass (default: :data:`DEFAULT_BATCH_TOKENS` for the device).
+    ``reference_tokenizer``: the original tokenizer file of the pairs, used when the run's ``tokenizer.json``
+    is a re-serialized copy (see :func:`exposure.scoring.pairs.check_tokenizer`). ``prefix_token_id``
+    overrides the tokenizer's BOS/EOS.
     ``on_batch(step, i)`` is called after each batch. Returns :func:`load_results` of ``out_dir``.
     """
     source = read_pairs(pairs)
@@ -151,6 +154,8 @@ def evaluate_run(
     steps = _resolve_checkpoints(run_, checkpoints, source)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    if batch_tokens is None:
+        batch_tokens = DEFAULT_BATCH_TOKENS.get(dev.type, DEFAULT_BATCH_TOKENS["cpu"])
     if batch_tokens < 1:
         raise EvalError(f"batch_tokens must be positive, got {batch_tokens}")
     good, bad = (source.table.column(c).to_pylist() for c in ("sentence_good", "sentence_bad"))

@@ -52,7 +52,10 @@ def register(subparsers: Any) -> None:
         "--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
         help="model dtype (auto: bf16 on GPU, fp32 on CPU)",
     )
-    parser.add_argument("--batch-tokens", type=_positive, default=None, help="padded tokens per forward pass")
+    parser.add_argument(
+        "--batch-tokens", type=_positive, default=None,
+        help="padded tokens per forward pass (default: 16384 on GPU, 1024 on CPU)",
+    )
     parser.add_argument(
         "--tokenizer", type=Path, default=None,
         help="the original tokenizer.json of the pairs, when the run's copy is re-serialized (checked for equivalence)",
@@ -63,7 +66,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from exposure.cli import UserError
-    from exposure.evaluate import DEFAULT_BATCH_TOKENS, EvalError, evaluate_run
+    from exposure.evaluate import EvalError, evaluate_run
 
     try:
         results = evaluate_run(
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoints=args.checkpoints,
             device=args.device,
             dtype=args.dtype,
-            batch_tokens=args.batch_tokens or DEFAULT_BATCH_TOKENS,
+            batch_tokens=args.batch_tokens,
             progress=not args.no_progress,
             reference_tokenizer=args.tokenizer,
         )

@@ -27,7 +27,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("index", help="index directory (built by `exposure build`)")
     p.add_argument("out", help="output directory for run.json and the step{S}/ checkpoints")
     m = p.add_argument_group("model (GPT-NeoX, random init)")
-    m.add_argument("--preset", choices=MODEL_PRESETS, default="tiny", help="model size preset (default: tiny = 4 layers, d_model 256, 4 heads)")
+    m.add_argument("--preset", choices=MODEL_PRESETS, default="tiny",
+                   help="model size preset (default: tiny = 4 layers, d_model 256, 4 heads)")
     m.add_argument("--layers", type=int, help="number of layers")
     m.add_argument("--d-model", type=int, help="hidden size")
     m.add_argument("--heads", type=int, help="attention heads")

@@ -26,6 +26,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -138,7 +139,7 @@ def train_tokenizer(corpus_text: str, vocab_size: int = VOCAB_SIZE) -> Tokenizer
     return tok
 
 
-def build(shared: Path, out: Path = HERE) -> dict[str, object]:
+def build(shared: Path, out: Path = HERE) -> dict[str, Any]:
     shared = shared.resolve()
     text, books = select_books(shared)
     files: dict[str, bytes] = {"corpus.txt.gz": _gzip_bytes(text.encode("utf-8"))}
@@ -179,9 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("shared_data", type=Path, help="the shared data folder (holds blimp/ and corpora/)")
     ap.add_argument("--out", type=Path, default=HERE, help="output folder (default: this package folder)")
     args = ap.parse_args(argv)
-    m = build(args.shared_data, args.out)
-    total = sum(f["bytes"] for f in m["files"].values())  # type: ignore[index, union-attr]
-    print(f"wrote {len(m['files'])} files, {total / 1e6:.2f} MB, to {args.out}")  # type: ignore[arg-type]
+    files: dict[str, dict[str, Any]] = build(args.shared_data, args.out)["files"]
+    total = sum(int(f["bytes"]) for f in files.values())
+    print(f"wrote {len(files)} files, {total / 1e6:.2f} MB, to {args.out}")
     return 0
 
 

@@ -2,7 +2,9 @@
 
 Layout of a run folder ``OUT``::
 
-    OUT/run.json            settings, schedule, data and tokenizer identity, checkpoints, loss curve
+    OUT/run.json            settings, schedule, data and tokenizer identity, checkpoints, loss curve;
+                            written when the run has finished (so its existence means "finished")
+    OUT/progress.json       the same record while the run is in progress (removed at the end)
     OUT/step{S}/            weights after S optimizer steps (transformers layout) + the tokenizer +
                             checkpoint.json (step, items and tokens seen)
     OUT/resume.pt           optimizer state (and loss curve) at the latest saved checkpoint
@@ -13,14 +15,16 @@ existing means checkpoint S is finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 RUN_FILE = "run.json"
+PROGRESS_FILE = "progress.json"
 RESUME_FILE = "resume.pt"
 CHECKPOINT_INFO = "checkpoint.json"
 DEFAULT_MAX_CHECKPOINTS = 25
@@ -95,8 +99,9 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_run(out_dir: Path) -> dict[str, Any] | None:
-    p = Path(out_dir) / RUN_FILE
+def read_run(out_dir: Path, name: str = RUN_FILE) -> dict[str, Any] | None:
+    """``OUT/run.json`` (or ``name``, e.g. :data:`PROGRESS_FILE`), None when absent."""
+    p = Path(out_dir) / name
     if not p.is_file():
         return None
     try:
@@ -105,22 +110,29 @@ def read_run(out_dir: Path) -> dict[str, Any] | None:
         raise ValueError(f"{p} is not valid JSON ({exc}); remove it or use another output folder") from None
 
 
-def save_checkpoint(model: Any, tokenizer: Any, out_dir: Path, step: int, info: dict[str, Any]) -> Path:
-    """Write ``OUT/step{S}`` (model, tokenizer, checkpoint.json) atomically; returns the folder."""
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers progress bars (shard writing/loading) inside the block."""
     from transformers.utils import logging as hf_logging
 
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def save_checkpoint(model: Any, tokenizer: Any, out_dir: Path, step: int, info: dict[str, Any]) -> Path:
+    """Write ``OUT/step{S}`` (model, tokenizer, checkpoint.json) atomically; returns the folder."""
     final = checkpoint_dir(out_dir, step)
     tmp = final.with_name(final.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     (tmp / CHECKPOINT_INFO).write_text(json.dumps({"step": int(step), **info}, indent=1) + "\n", encoding="utf-8")
     if final.exists():
         shutil.rmtree(final)
@@ -131,12 +143,14 @@ def save_checkpoint(model: Any, tokenizer: Any, out_dir: Path, step: int, info: 
 __all__ = [
     "CHECKPOINT_INFO",
     "RESUME_FILE",
+    "PROGRESS_FILE",
     "RUN_FILE",
     "auto_interval",
     "checkpoint_dir",
     "default_checkpoints",
     "finished_checkpoints",
     "pythia_like_checkpoints",
+    "quiet_transformers",
     "read_run",
     "save_checkpoint",
     "validate_checkpoints",

@@ -80,7 +80,8 @@ class ModelConfig:
 
         if self.vocab_size is None or self.context_length is None or self.d_ff is None:
             raise ValueError("ModelConfig.to_transformers needs a resolved config (vocab_size, context_length, d_ff)")
-        return GPTNeoXConfig(
+        # rotary_pct / rotary_emb_base: the names transformers 4.x uses; 5.x maps them to rope_parameters
+        return GPTNeoXConfig(  # type: ignore[call-arg]
             vocab_size=self.vocab_size,
             hidden_size=self.d_model,
             num_hidden_layers=self.n_layers,

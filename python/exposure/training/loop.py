@@ -9,7 +9,8 @@ Resuming: a finished checkpoint (``OUT/step{S}/``) is never recomputed. The run 
 checkpoint ``S`` for which ``OUT/resume.pt`` holds the optimizer state, provided every requested
 checkpoint up to ``S`` is finished; otherwise it restarts from step 0 (deterministically recomputing the
 same weights) and only writes the checkpoints that are missing. ``OUT/run.json`` records a fingerprint of
-everything that determines the weights; a folder made with other settings is refused.
+everything that determines the weights; a folder made with other settings is refused. ``run.json`` is
+written when the run has finished; until then the same record is ``OUT/progress.json``.
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def make_hf_tokenizer(tokenizer_file: Path, context_length: int) -> Any:
 
     loaded = load_tokenizer(tokenizer_file)
     special: dict[str, str] = {}
-    if loaded.eos_id is not None:
-        eos = loaded.tokenizer.id_to_token(loaded.eos_id)
+    eos = loaded.tokenizer.id_to_token(loaded.eos_id) if loaded.eos_id is not None else None
+    if eos is not None:
         special = {"bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": eos}
         if loaded.tokenizer.token_to_id("<|padding|>") is not None:
             special["pad_token"] = "<|padding|>"
@@ -105,12 +106,14 @@ def _deterministic(device: str, threads: int | None) -> Iterator[None]:
     """Deterministic kernels (and ``threads`` CPU threads) while training; the caller's settings come back."""
     import torch
 
-    if device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+    if cuda:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     prev = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     prev_threads = torch.get_num_threads()
-    torch.use_deterministic_algorithms(True)
+    # On a GPU a kernel without a deterministic version warns instead of stopping the run.
+    torch.use_deterministic_algorithms(True, warn_only=cuda)
     if threads is not None:
         torch.set_num_threads(threads)
     try:
@@ -140,7 +143,7 @@ def _optimizer(model: Any, optim: OptimConfig) -> Any:
     decay = [p for _, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for _, p in model.named_parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, foreach=False)
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)
 
 
 def _resume_point(out_dir: Path, plan: RunPlan, fp: str) -> tuple[int, dict[str, Any] | None]:
@@ -175,7 +178,12 @@ def _versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def train_items(
@@ -244,20 +252,23 @@ def train_items(
     }
     fp = fingerprint(settings)
     previous = ckpt.read_run(out)
-    if previous is not None and previous.get("fingerprint") != fp:
-        old = previous.get("settings", {})
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        raise ValueError(
-            f"{out} holds a run with other settings (differs in: {', '.join(diff) or 'format'}); "
-            f"use another output folder or delete it"
-        )
+    for record in (previous, ckpt.read_run(out, ckpt.PROGRESS_FILE)):
+        if record is not None and record.get("fingerprint") != fp:
+            old = record.get("settings", {})
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise ValueError(
+                f"{out} holds a run with other settings (differs in: {', '.join(diff) or 'format'}); "
+                f"use another output folder or delete it"
+            )
 
     run: dict[str, Any] = {
         "format": RUN_FORMAT,
         "fingerprint": fp,
         "settings": settings,
         "data": data_info,
-        "tokenizer": {"path": str(tok_info.path), "name": tok_info.name, "sha256": tok_info.sha256, "vocab_size": tok_info.vocab_size},
+        "tokenizer": {
+            "path": str(tok_info.path), "name": tok_info.name, "sha256": tok_info.sha256, "vocab_size": tok_info.vocab_size,
+        },
         "model": {"architecture": "GPTNeoXForCausalLM", "config": model_config.to_dict()},
         "optimizer": {"name": "AdamW", **optim.to_dict(), "warmup_steps": optim.warmup_steps(plan.total_steps),
                       "lr_schedule": "linear warmup, cosine decay to min_lr_ratio*lr at total_steps"},
@@ -291,13 +302,18 @@ def train_items(
             tokens_per_second=round(trained / seconds, 1) if seconds > 0 else None,
             loss_curve={"step": list(range(len(losses))), "loss": losses},
         )
-        ckpt.write_json_atomic(out / ckpt.RUN_FILE, run)
+        if finished:
+            ckpt.write_json_atomic(out / ckpt.RUN_FILE, run)
+            (out / ckpt.PROGRESS_FILE).unlink(missing_ok=True)
+        else:
+            ckpt.write_json_atomic(out / ckpt.PROGRESS_FILE, run)
 
     if len(done) == len(plan.checkpoints):
-        if previous is None or not previous.get("finished"):
+        if previous is None:
             write_run(True, elapsed_before)
         return out
 
+    (out / ckpt.RUN_FILE).unlink(missing_ok=True)  # more to train: the folder is not finished any more
     if state is not None:
         _log(f"resuming from {ckpt.checkpoint_dir(out, start)} (optimizer state in {ckpt.RESUME_FILE})", progress)
     elif done:
@@ -307,11 +323,11 @@ def train_items(
         if state is not None:
             from transformers import GPTNeoXForCausalLM
 
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), ckpt.quiet_transformers():
                 model = GPTNeoXForCausalLM.from_pretrained(ckpt.checkpoint_dir(out, start), dtype=torch.float32)
         else:
             model = _init_model(model_config, hf_tok, seed)
-        model.to(dev)
+        model.to(dev)  # type: ignore[arg-type]  # (transformers' typing of Module.to)
         model.train()
         opt = _optimizer(model, optim)
         if state is not None:
@@ -338,8 +354,9 @@ def train_items(
             if precision == "bf16" else contextlib.nullcontext()
         )
         mb = micro_batch_size or plan.items_per_step
+        save_at = set(plan.checkpoints)
         t0 = time.perf_counter()
-        if start in plan.checkpoints and start not in done:
+        if start in save_at and start not in done:
             checkpoint(start, elapsed_before)
         bar = tqdm(total=plan.last_step, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
         try:
@@ -366,14 +383,14 @@ def train_items(
                     loss_sum += float(loss.detach())
                 if n_targets > 0:
                     if optim.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip, foreach=False)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
                     opt.step()
                 losses.append(loss_sum / n_targets if n_targets > 0 else None)
                 tokens.append(int(sum(len(x) for x in items)))
                 bar.update(1)
                 if losses[-1] is not None:
                     bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}", refresh=False)
-                if step + 1 in plan.checkpoints:
+                if step + 1 in save_at:
                     checkpoint(step + 1, elapsed_before + time.perf_counter() - t0)
         finally:
             bar.close()

@@ -108,7 +108,8 @@ def plan_run(
     if checkpoints is None and schedule is not None:
         within = [c for c in schedule.checkpoints if c <= total_steps]
         if len(within) < len(schedule.checkpoints):
-            _warn(f"dropping {len(schedule.checkpoints) - len(within)} schedule checkpoints beyond the run's {total_steps} steps", progress)
+            dropped = len(schedule.checkpoints) - len(within)
+            _warn(f"dropping {dropped} schedule checkpoints beyond the run's {total_steps} steps", progress)
         if within:
             checkpoints = within
     if checkpoints is None:
