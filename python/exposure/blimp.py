@@ -29,14 +29,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-DEFAULT_PHENOMENA: tuple[str, ...] = (
-    "determiner_noun_agreement",
-    "subject_verb_agreement",
-    "anaphor_agreement",
-    "irregular_forms",
-    "npi_licensing",
-)
-"""The five phenomena analysed by default (each has pairs on both sides of the split)."""
+from exposure.data import DEFAULT_PHENOMENA  # the five phenomena analysed by default (bundled)
 
 PARADIGMS: Mapping[str, str] = {
     "adjunct_island": "island_effects",

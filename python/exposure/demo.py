@@ -156,8 +156,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print)
     evaluated = sorted({ckpts[0], ckpts[-1], *ckpts[:: max(1, cfg.eval_every)]})
 
     def evaluate() -> None:
-        evaluate_run(splits_file, model_dir, eval_dir, checkpoints=evaluated, device="auto", progress=cfg.progress,
-                     reference_tokenizer=data.tokenizer_path())
+        evaluate_run(splits_file, model_dir, eval_dir, checkpoints=evaluated, device="auto", progress=cfg.progress)
         (eval_dir / ".demo-done").write_text("\n".join(map(str, evaluated)) + "\n")
 
     _stage("eval", eval_dir / ".demo-done", evaluate, log, seconds)

@@ -133,6 +133,11 @@ def save_checkpoint(model: Any, tokenizer: Any, out_dir: Path, step: int, info: 
     with quiet_transformers():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+    # save_pretrained re-serializes tokenizer.json; keep the original bytes so the checkpoint's
+    # tokenizer has the same sha256 as the index's (exposure eval checks it).
+    original = getattr(tokenizer, "exposure_tokenizer_file", None)
+    if original and Path(original).is_file():
+        shutil.copyfile(original, tmp / "tokenizer.json")
     (tmp / CHECKPOINT_INFO).write_text(json.dumps({"step": int(step), **info}, indent=1) + "\n", encoding="utf-8")
     if final.exists():
         shutil.rmtree(final)

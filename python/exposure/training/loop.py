@@ -94,7 +94,9 @@ def make_hf_tokenizer(tokenizer_file: Path, context_length: int) -> Any:
         special = {"bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": eos}
         if loaded.tokenizer.token_to_id("<|padding|>") is not None:
             special["pad_token"] = "<|padding|>"
-    return PreTrainedTokenizerFast(tokenizer_file=str(loaded.path), model_max_length=context_length, **special)
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(loaded.path), model_max_length=context_length, **special)
+    tok.exposure_tokenizer_file = str(loaded.path)  # save_checkpoint copies the original bytes
+    return tok
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
