@@ -38,6 +38,9 @@ def query_phrases(index: Any, phrases: list[str], *, tokenizer: Any = None, as_w
     from exposure.tokenizer import tokenizer_for_index
 
     tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, str) else tokenizer_for_index(index, tokenizer)
+    for p in phrases:
+        if not p.strip():
+            raise ValueError(f"empty phrase {p!r}: give the words to look up, e.g. \"these dogs\"")
     texts = [p if as_written or p[:1].isspace() else " " + p for p in phrases]
     ids = [tok.encode(t) for t in texts]
     for p, t in zip(phrases, ids):
