@@ -79,10 +79,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any, *, indent: int = 1, sort_keys: bool = False) -> None:
+    """Writes JSON to a temporary file, fsyncs, renames it into place and fsyncs the directory."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
+        json.dump(obj, f, indent=indent, sort_keys=sort_keys)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
@@ -366,7 +367,7 @@ class IndexBuilder:
             },
             "metadata": dict(metadata or {}),
         }
-        _write_json_atomic(self.partial / MANIFEST, manifest)
+        write_json_atomic(self.partial / MANIFEST, manifest)
         self._install()
         return Index(self.out) if self.stream_start == 0 else None
 
@@ -525,7 +526,7 @@ class IndexBuilder:
             seconds=round(res["seconds_total"], 3),
             files={f["name"]: {"bytes": f["bytes"], "xxh64": f"{f['xxh64']:016x}"} for f in res["files"]},
         )
-        _write_json_atomic(meta_path, record)
+        write_json_atomic(meta_path, record)
         return record
 
 
@@ -714,7 +715,7 @@ def assemble_index(parts: Sequence[str | os.PathLike[str]], out_dir: str | os.Pa
         "metadata": first.get("metadata", {}),
     }
     manifest["build"]["bytes_per_token"] = round(manifest["build"]["bytes_on_disk"] / max(expect, 1), 4)
-    _write_json_atomic(partial / MANIFEST, manifest)
+    write_json_atomic(partial / MANIFEST, manifest)
     os.replace(partial, out)
     _fsync_dir(out.parent)
     return Index(out)
@@ -875,9 +876,9 @@ class Index:
             if meta.exists():
                 sm = json.loads(meta.read_text())
                 sm["files"] = shard["files"]
-                _write_json_atomic(meta, sm)
+                write_json_atomic(meta, sm)
         manifest.setdefault("windows", {})[name] = {"boundaries": [int(x) for x in b]}
-        _write_json_atomic(self.path / MANIFEST, manifest)
+        write_json_atomic(self.path / MANIFEST, manifest)
         self.manifest = manifest
         self._core = _core.Index([str(self.path / s["dir"]) for s in manifest["shards"]], self.vocab_size,
                                  self.dtype.itemsize, self.threads)

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from exposure.engine import write_json_atomic
 from exposure.scoring.pairs import EvalError, file_sha256
 
 FORMAT = "exposure-eval/1"
@@ -41,13 +42,7 @@ _TMP = ".partial"
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + _TMP)
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=2, sort_keys=True)
 
 
 def read_run_json(out_dir: Path) -> dict[str, Any]:
