@@ -2,7 +2,8 @@
 
 The model has random weights in a public shape (``tiny``: 2 layers x 64; ``pythia-160m``: 12 layers x 768, 12
 heads, rotary 25%, parallel residual, vocabulary 50,304), saved as a one-checkpoint run (``step0/``) with the
-GPT-NeoX tokenizer. The pairs are real BLiMP pairs, the same number from each of the 67 paradigms. Both sides
+GPT-NeoX tokenizer. The pairs are real BLiMP pairs, the same number from each paradigm of the five default phenomena,
+with critical tokens from the real phrase stage. Both sides
 score the same sentences in the same run:
 
 * ours: :func:`exposure.evaluate.evaluate_run` end to end (tokenizer check, model load, scores + hidden states at
@@ -33,7 +34,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from tokenizers import Tokenizer
 
 SHARED = Path("/work/shared/data")
 NEOX_TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
@@ -49,46 +49,23 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
-def blimp_pairs(n_pairs: int, tokenizer: Tokenizer) -> pa.Table:
-    """``n_pairs`` real BLiMP pairs (round-robin over the paradigms), critical word = where the sentences differ."""
-    files = sorted(BLIMP.glob("*.jsonl"))
-    per_file = -(-n_pairs // len(files))
-    records = []
-    for path in files:
-        with open(path) as handle:
-            for line in handle.readlines()[:per_file]:
-                records.append(json.loads(line))
-    records = records[:n_pairs]
-    rows = []
-    for rec in records:
-        good = tokenizer.encode(rec["sentence_good"], add_special_tokens=False).ids
-        bad = tokenizer.encode(rec["sentence_bad"], add_special_tokens=False).ids
-        first = 0
-        while first < min(len(good), len(bad)) and good[first] == bad[first]:
-            first += 1
-        tail = 0
-        while tail < min(len(good), len(bad)) - first and good[-1 - tail] == bad[-1 - tail]:
-            tail += 1
-        row: dict[str, Any] = {
-            "pair_uid": f"{rec['UID']}/{rec['pairID']}",
-            "sentence_good": rec["sentence_good"],
-            "sentence_bad": rec["sentence_bad"],
-        }
-        for side, ids in (("good", good), ("bad", bad)):
-            start = min(first, len(ids) - 1)
-            crit = min(max(len(ids) - tail - 1, start), len(ids) - 1)
-            row[f"{side}_critical_start"] = start
-            row[f"{side}_critical_token"] = crit
-            row[f"{side}_context_token"] = start - 1
-        rows.append(row)
-    table = pa.Table.from_pylist(rows)
-    for i, name in enumerate(table.column_names):
-        if name.endswith(("_start", "_token")):
-            table = table.set_column(i, name, table.column(name).cast(pa.int32()))
-    import hashlib
+def blimp_pairs(n_pairs: int) -> pa.Table:
+    """``n_pairs`` real BLiMP pairs of the default phenomena (round-robin over their paradigms), with their
+    critical phrases found by the real phrase stage (exposure.critical), as ``exposure splits`` gives them."""
+    from exposure.blimp import DEFAULT_PHENOMENA, find_vocabulary, load_blimp, read_vocabulary
+    from exposure.critical import critical_phrases
+    from exposure.tokenizer import load_tokenizer
 
-    sha = hashlib.sha256(NEOX_TOKENIZER.read_bytes()).hexdigest()
-    return table.replace_schema_metadata({b"exposure.tokenizer_sha256": sha.encode(), b"exposure.checkpoints": b"[0]"})
+    pairs = load_blimp(BLIMP, phenomena=DEFAULT_PHENOMENA)
+    by_uid: dict[str, list[Any]] = {}
+    for p in pairs:
+        by_uid.setdefault(p.uid, []).append(p)
+    per_uid = -(-n_pairs // len(by_uid))
+    chosen = [p for uid in by_uid for p in by_uid[uid][:per_uid]][:n_pairs]
+    table = critical_phrases(chosen, read_vocabulary(find_vocabulary(BLIMP)), load_tokenizer(NEOX_TOKENIZER))
+    meta = dict(table.schema.metadata or {})
+    meta[b"exposure.checkpoints"] = b"[0]"
+    return table.replace_schema_metadata(meta)
 
 
 def build_run(root: Path, shape: str, dtype: torch.dtype) -> Path:
@@ -168,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     torch_dtype = resolve_dtype(args.dtype, device)
     dtype_flag = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[torch_dtype]
-    tokenizer = Tokenizer.from_file(str(NEOX_TOKENIZER))
-    pairs = blimp_pairs(args.pairs, tokenizer)
+    pairs = blimp_pairs(args.pairs)
     n = pairs.num_rows
     peer_sizes = [int(s) for s in args.peer_batch_sizes.split(",") if s]
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:

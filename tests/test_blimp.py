@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,7 +23,7 @@ from exposure.blimp import (
     read_vocabulary,
 )
 
-SHARED = Path(os.environ.get("EXPOSURE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from _corpus_files import SHARED  # noqa: E402
 BLIMP = SHARED / "blimp"
 
 REC_DNA = {

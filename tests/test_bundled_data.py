@@ -14,7 +14,7 @@ from exposure import data
 from exposure.data import build_bundle
 from exposure.tokenizer import load_tokenizer
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from _corpus_files import SHARED  # noqa: E402
 PACKAGE_FILES = ("corpus.txt.gz", "tokenizer.json", "MANIFEST.json", "ATTRIBUTION.md", "__init__.py", "build_bundle.py")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -24,7 +23,7 @@ from exposure.critical import (
     surface_variants,
 )
 
-SHARED = Path(os.environ.get("EXPOSURE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from _corpus_files import SHARED  # noqa: E402
 BLIMP = SHARED / "blimp"
 VOCAB = BLIMP / "vocabulary.csv"
 NEOX = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
