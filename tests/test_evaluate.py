@@ -23,6 +23,7 @@ from exposure.cli import main as cli_main
 from exposure.evaluate import EvalError, evaluate_run, load_results
 from exposure.scoring import runs as runs_module
 from exposure.scoring.batching import make_batch, plan_batches
+from exposure.scoring.pairs import encode_pairs, prefix_ids
 
 TOKENIZERS = Path("/work/shared/data/tokenizers")
 NEOX = TOKENIZERS / "gpt-neox-20b" / "tokenizer.json"
@@ -405,3 +406,31 @@ def test_batches_cover_every_sequence_within_budget(lengths: list[int], budget: 
         np.testing.assert_array_equal(built.input_ids[row, 1 : lengths[k] + 1], seqs[k])
         assert (built.input_ids[row, lengths[k] + 1 :] == 1).all()
         assert built.attention_mask()[row].sum() == lengths[k] + 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=6), min_size=1, max_size=12))
+def test_prefix_ids_are_equal_exactly_for_equal_prefixes(sequences: list[list[int]]) -> None:
+    ids, n_ids = prefix_ids([np.asarray(s, dtype=np.int64) for s in sequences])
+    prefixes = [tuple(s[:t]) for s in sequences for t in range(len(s))]
+    assert len(ids) == len(prefixes) and n_ids > ids.max()
+    first: dict[tuple[int, ...], int] = {}
+    for prefix, i in zip(prefixes, ids.tolist(), strict=True):
+        assert first.setdefault(prefix, i) == i  # equal prefixes, equal ids
+    assert len(set(first.values())) == len(first)  # different prefixes, different ids
+    assert first[()] == 0
+
+
+def test_real_pairs_share_prefixes_across_batches(neox: dict[str, Any]) -> None:
+    """The reference tests above exercise the normalizer cache: prefixes recur across pairs and batches."""
+    encoded = encode_pairs(neox["table"], Tokenizer.from_file(str(NEOX)))
+    ids = encoded.prefix_id
+    assert len(np.unique(ids)) < 0.8 * len(ids)
+    batches = plan_batches(encoded.lengths() + 1, 48)
+    offsets = encoded.offsets()
+    batch_of = np.empty(len(ids), dtype=np.int64)
+    for b, index in enumerate(batches):
+        for k in index:
+            batch_of[offsets[k] : offsets[k + 1]] = b
+    spans = [len(np.unique(batch_of[ids == i])) for i in np.unique(ids)]
+    assert max(spans) > 1  # some prefix is first computed in one batch and reused in a later one

@@ -47,8 +47,22 @@ FileRecord write_windows(const Shard& shard, const PackedArray& sa, const Window
             : b >= shard.stream_end() ? UINT64_MAX
                                       : shard.stream_to_text(b);
   }
+  // Window of each suffix: a table gives the number of boundaries up to the start of each block
+  // of 4,096 text positions; a short walk over the boundaries inside the block finishes it.
+  constexpr unsigned kShift = 12;
+  const uint64_t n_text = shard.text_tokens();
+  std::vector<uint32_t> base((n_text >> kShift) + 1);
+  for (uint64_t blk = 0, k = 0; blk < base.size(); ++blk) {
+    while (k < tb.size() && tb[k] <= (blk << kShift)) ++k;
+    base[blk] = static_cast<uint32_t>(k);
+  }
   std::vector<Sym> symbols(sa.size());
-  for (uint64_t i = 0; i < sa.size(); ++i) symbols[i] = static_cast<Sym>(count_le(tb, sa[i]));
+  for (uint64_t i = 0; i < sa.size(); ++i) {
+    const uint64_t p = sa[i];
+    uint64_t k = base[p >> kShift];
+    while (k < tb.size() && tb[k] <= p) ++k;
+    symbols[i] = static_cast<Sym>(k);
+  }
   const std::string name = window_file(spec.name);
   auto [hash, bytes] = WaveletMatrix::write(dir / name, symbols, levels, spec.boundaries);
   return {name, bytes, hash};
@@ -179,10 +193,15 @@ void Shard::find_many_impl(std::span<const std::span<const uint32_t>> phrases,
     }
     bool active = ns > 0;
     while (active) {
+      // Besides this step's midpoint, prefetch both possible midpoints of the next step: whichever
+      // way the comparison goes, its suffix-array entry is then already on its way.
       for (size_t k = 0; k < ns; ++k)
         if (st[k].lo < st[k].hi) {
-          st[k].mid = st[k].lo + (st[k].hi - st[k].lo) / 2;
-          sa_.prefetch(st[k].mid);
+          const uint64_t lo = st[k].lo, hi = st[k].hi, mid = lo + (hi - lo) / 2;
+          st[k].mid = mid;
+          sa_.prefetch(mid);
+          sa_.prefetch(lo + (mid - lo) / 2);
+          if (mid + 1 < hi) sa_.prefetch(mid + 1 + (hi - mid - 1) / 2);
         }
       for (size_t k = 0; k < ns; ++k)
         if (st[k].lo < st[k].hi) {
@@ -369,10 +388,12 @@ ShardBuildResult build_shard(std::span<const T> text, const fs::path& dir, uint6
     const auto t0 = std::chrono::steady_clock::now();
     suffix_array<T, Idx>(text.data(), sa.data(), n, uint64_t(vocab_size) + 1);
     res.seconds_sa = seconds_since(t0);
+    // The separator is the largest symbol, so its suffixes are the last seps.size() entries: the
+    // filter needs no look at the text.
     uint64_t kept = 0;
-    for (uint64_t i = 0; i < n; ++i) {
+    for (uint64_t i = 0; i < n - seps.size(); ++i) {
       const Idx q = sa[i];
-      if (q < owned_end && text[q] != sep) sa[kept++] = q;
+      if (q < owned_end) sa[kept++] = q;
     }
     FileWriter out(dir / kSa, make_header(FileKind::SuffixArray, kept, width));
     if (width == sizeof(Idx)) {

@@ -1,5 +1,9 @@
 #include "exposure/structures.hpp"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
 #include <bit>
 
@@ -123,6 +127,31 @@ void WaveletMatrix::histogram(uint64_t l, uint64_t r, std::span<uint64_t> hist) 
   }
 }
 
+namespace {
+
+// Bit `bit` of each of the `count` (<= 64) symbols at p, packed into a word (first symbol lowest).
+template <class Sym>
+uint64_t bit_word(const Sym* p, uint64_t count, unsigned bit) {
+#if defined(__SSE2__)
+  if constexpr (sizeof(Sym) == 1) {
+    if (count == 64) {  // shift the bit to the top of each byte, then movemask gathers 16 at a time
+      uint64_t w = 0;
+      for (unsigned k = 0; k < 4; ++k) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * k));
+        const __m128i top = _mm_sll_epi16(v, _mm_cvtsi32_si128(int(7 - bit)));
+        w |= uint64_t(uint32_t(_mm_movemask_epi8(top))) << (16 * k);
+      }
+      return w;
+    }
+  }
+#endif
+  uint64_t w = 0;
+  for (uint64_t i = 0; i < count; ++i) w |= uint64_t((p[i] >> bit) & 1) << i;
+  return w;
+}
+
+}  // namespace
+
 template <class Sym>
 std::pair<uint64_t, uint64_t> WaveletMatrix::write(const fs::path& path, std::vector<Sym>& symbols,
                                                     unsigned levels, std::span<const uint64_t> boundaries) {
@@ -150,8 +179,7 @@ std::pair<uint64_t, uint64_t> WaveletMatrix::write(const fs::path& path, std::ve
       const uint64_t start = li * kBits;
       for (unsigned wi = 0; wi < 7; ++wi) {
         const uint64_t a = std::min(n, start + 64 * wi), b = std::min(n, start + 64 * (wi + 1));
-        uint64_t w = 0;
-        for (uint64_t i = a; i < b; ++i) w |= uint64_t((cur[i] >> bit) & 1) << (i - a);
+        const uint64_t w = bit_word(cur.data() + a, b - a, bit);
         ln.w[wi] = w;
         ones += uint64_t(__builtin_popcountll(w));
       }

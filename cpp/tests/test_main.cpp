@@ -47,6 +47,48 @@ void check_sa(const std::vector<Char>& t, size_t sigma) {
   CHECK(std::equal(sa.begin(), sa.end(), ref.begin(), [](Idx a, uint64_t b) { return uint64_t(a) == b; }));
 }
 
+// Linear-time check that `sa` is the suffix array of t (Burkhardt & Kaerkkaeinen): a permutation
+// whose neighbours are ordered by first symbol and, on a tie, by the ranks of the next suffixes.
+template <class Char, class Idx>
+bool is_suffix_array(const std::vector<Char>& t, const std::vector<Idx>& sa) {
+  const size_t n = t.size();
+  std::vector<int64_t> rank(n + 1, -1);  // rank[n]: the empty suffix, smallest of all
+  for (size_t i = 0; i < n; ++i) {
+    if (size_t(sa[i]) >= n || rank[sa[i]] != -1) return false;
+    rank[sa[i]] = int64_t(i);
+  }
+  for (size_t i = 0; i + 1 < n; ++i) {
+    const size_t a = sa[i], b = sa[i + 1];
+    if (t[a] != t[b]) {
+      if (t[a] > t[b]) return false;
+    } else if (rank[a + 1] >= rank[b + 1]) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// A text long enough that the first recursion's alphabet passes a million names with too little
+// spare room for a second array, so its bucket counts are recounted from the text each time
+// (the small random texts above keep theirs, in the spare middle of the output).
+void test_sais_large() {
+  std::mt19937_64 rng(11);
+  std::vector<uint16_t> a(2'000'000), b(2'000'000);
+  for (auto& c : a) c = uint16_t(rng() % 60000);
+  for (auto& c : b) c = uint16_t(rng() % 60000);
+  std::vector<uint16_t> t = a;  // a b a: one long repeat
+  t.insert(t.end(), b.begin(), b.end());
+  t.insert(t.end(), a.begin(), a.end());
+  for (int i = 0; i < 200'000; ++i) t.push_back(uint16_t(7));
+  for (int i = 0; i < 300'000; ++i) t.push_back(uint16_t(i % 3 == 0 ? 9 : rng() % 4));
+  std::vector<uint32_t> sa(t.size());
+  suffix_array<uint16_t, uint32_t>(t.data(), sa.data(), t.size(), 60000);
+  CHECK(is_suffix_array(t, sa));
+  std::vector<uint32_t> broken = sa;  // the checker itself can fail
+  std::swap(broken[1000], broken[2000]);
+  CHECK(!is_suffix_array(t, broken));
+}
+
 void test_sais() {
   std::mt19937_64 rng(1);
   for (int round = 0; round < 300; ++round) {
@@ -56,6 +98,9 @@ void test_sais() {
     check_sa<uint16_t, uint32_t>(t, sigma);
     std::vector<uint32_t> t32(t.begin(), t.end());
     check_sa<uint32_t, uint64_t>(t32, sigma);
+    std::vector<uint32_t> sa(n);
+    suffix_array<uint16_t, uint32_t>(t.data(), sa.data(), n, sigma);
+    CHECK(is_suffix_array(t, sa));
   }
   // adversarial: runs, periods, repeated blocks, Fibonacci words
   std::vector<uint16_t> run(5000, 3);
@@ -213,6 +258,7 @@ void test_shard_queries_and_errors() {
 
 int main() {
   test_sais();
+  test_sais_large();
   test_xxh64();
   test_range_min_and_wavelet();
   test_shard_queries_and_errors();

@@ -10,6 +10,7 @@ the builder. An occurrence of a phrase never crosses an item boundary.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import json
 import os
 import re
@@ -131,6 +132,17 @@ def parse_size(text: str | int) -> int:
 # --------------------------------------------------------------------------------------------
 # Building
 
+
+
+_FAST_PHRASE_TOKENS = 64
+
+
+@functools.lru_cache(maxsize=_FAST_PHRASE_TOKENS)
+def _single_offsets(length: int) -> np.ndarray:
+    """Read-only ``[0, length]`` offsets of a one-phrase batch, made once per length."""
+    offsets = np.array([0, length], dtype=np.int64)
+    offsets.flags.writeable = False
+    return offsets
 
 class IndexBuilder:
     """Builds an index from a stream fed in training order, chunk by chunk.
@@ -817,13 +829,11 @@ class Index:
         """Flattens phrases to (uint32 tokens, int64 offsets), validating them all at once."""
         if isinstance(phrases, np.ndarray) and phrases.ndim == 1:
             raise ValueError("pass a list of phrases (wrap a single phrase in a list)")
+        if type(phrases) is list and len(phrases) == 1:  # one short phrase: per-call latency matters there
+            fast = self._one_phrase(phrases[0])
+            if fast is not None:
+                return fast
         arrays = [np.asarray(p) for p in phrases]
-        if len(arrays) == 1 and arrays[0].ndim == 1 and arrays[0].size and arrays[0].dtype.kind in "ui":
-            a = arrays[0]  # fast path for one phrase: per-call latency matters there
-            if a.min() >= 0 and a.max() < self.vocab_size and (
-                self.max_phrase_tokens is None or a.size <= self.max_phrase_tokens
-            ):
-                return np.ascontiguousarray(a, dtype=np.uint32), np.array([0, a.size], dtype=np.int64)
         offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
         if not arrays:
             return np.zeros(0, dtype=np.uint32), offsets
@@ -846,6 +856,27 @@ class Index:
             raise ValueError(f"phrase {i} has {lengths[i]} tokens; this index answers phrases of at most "
                              f"{self.max_phrase_tokens} (it was cut inside an item)")
         return np.ascontiguousarray(flat, dtype=np.uint32), offsets
+
+    def _one_phrase(self, phrase: PhraseLike) -> tuple[np.ndarray, np.ndarray] | None:
+        """(tokens, offsets) of one valid short phrase, checked in plain Python (numpy's reductions cost
+        more than the whole query for a few tokens); None sends it down the general path (and its errors)."""
+        if type(phrase) is np.ndarray:
+            if phrase.ndim != 1 or phrase.dtype.kind not in "ui" or not 0 < phrase.size <= _FAST_PHRASE_TOKENS:
+                return None
+            values = phrase.tolist()
+        elif type(phrase) is list and 0 < len(phrase) <= _FAST_PHRASE_TOKENS and all(type(t) is int for t in phrase):
+            values = phrase
+        else:
+            return None
+        if min(values) < 0 or max(values) >= self.vocab_size:
+            return None
+        if self.max_phrase_tokens is not None and len(values) > self.max_phrase_tokens:
+            return None
+        if type(phrase) is np.ndarray and phrase.dtype == np.uint32 and phrase.flags.c_contiguous:
+            tokens = phrase
+        else:
+            tokens = np.array(values, dtype=np.uint32)
+        return tokens, _single_offsets(len(values))
 
     def count(self, phrases: Iterable[PhraseLike]) -> np.ndarray:
         """Number of occurrences of each phrase (int64)."""

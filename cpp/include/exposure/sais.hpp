@@ -5,8 +5,11 @@
 // whose cost grows with the length of repeats. The text has an implicit end sentinel smaller than
 // every symbol, so a suffix that is a prefix of another sorts first.
 //
-// Working memory beyond the text and the output: a bit per position (types), two bucket arrays of
-// the alphabet's size, and nothing else: the recursion lives inside the output array.
+// Working memory beyond the text and the output: a bit per position (types), a bucket array of
+// the alphabet's size (plus its counts where they fit), and nothing else: the recursion lives
+// inside the output array. The induction scans never read the type bits (a predecessor's type
+// follows from the two symbols and, for equal symbols, from where the scan stands in the bucket),
+// so their random accesses are the text and the bucket pointers only.
 #pragma once
 
 #include <algorithm>
@@ -40,11 +43,19 @@ class Sais {
   // the unused middle of the caller's suffix array); otherwise the buckets are allocated.
   Sais(const Char* text, Idx* sa, Idx n, Idx sigma, Idx* work = nullptr, size_t work_len = 0)
       : T_(text), SA_(sa), n_(n), sigma_(sigma), t_(n) {
-    if (work != nullptr && work_len >= size_t(sigma)) {
+    const size_t k = sigma;
+    if (work != nullptr && work_len >= 2 * k) {
+      bkt_ = work;
+      cnt_ = work + k;
+    } else if (work != nullptr && work_len >= k) {
       bkt_ = work;
     } else {
-      owned_.resize(size_t(sigma));
+      owned_.resize(k);
       bkt_ = owned_.data();
+    }
+    if (cnt_ == nullptr && k <= kOwnedCounts) {
+      owned_counts_.resize(k);
+      cnt_ = owned_counts_.data();
     }
   }
 
@@ -59,28 +70,42 @@ class Sais {
     // Stage 1: sort LMS substrings by inducing from LMS positions placed in arbitrary order.
     std::fill(SA_, SA_ + n_, kEmpty);
     bucket_ends();
-    for (Idx i = n_ - 1; i >= 1; --i)
+    for (Idx i = n_ - 1; i >= 1; --i) {
+      if (i > kMid) __builtin_prefetch(&bkt_[T_[i - kMid]], 1);
+      if (i > kNear) __builtin_prefetch(&SA_[bkt_[T_[i - kNear]] - 1], 1);
       if (is_lms(i)) SA_[--bkt_[T_[i]]] = i;
+    }
     induce_l();
     induce_s();
     // Compact the sorted LMS positions into SA[0, n1).
     Idx n1 = 0;
-    for (Idx i = 0; i < n_; ++i)
+    for (Idx i = 0; i < n_; ++i) {
+      if (i + kNear < n_ && SA_[i + kNear] != kEmpty) t_.prefetch(SA_[i + kNear]);
       if (is_lms(SA_[i])) SA_[n1++] = SA_[i];
-    // Name LMS substrings; names go to SA[n1 + pos/2] (LMS positions are >= 2 apart).
+    }
+    // Lengths of the LMS substrings (from an LMS position to the next one, both included) go to
+    // SA[n1 + p/2], distinct slots since LMS positions are >= 2 apart. The last one runs into the
+    // sentinel and is unique: length 0 marks it. Equal lengths and symbols imply equal types
+    // (types follow from the symbols right to left, and both ends are S-type), so naming compares
+    // symbols only and never touches the type bits at random.
     std::fill(SA_ + n1, SA_ + n_, kEmpty);
-    Idx names = 0;
-    Idx prev = kEmpty;
-    for (Idx i = 0; i < n1; ++i) {
-      if (i + kNear < n1) {
-        __builtin_prefetch(&T_[SA_[i + kNear]]);
-        t_.prefetch(SA_[i + kNear]);
+    for (Idx i = n_ - 1, next = 0; i >= 1; --i) {
+      if (is_lms(i)) {
+        SA_[n1 + i / 2] = next == 0 ? 0 : next - i + 1;
+        next = i;
       }
+    }
+    Idx names = 0, prev = 0, prev_len = 0;
+    for (Idx i = 0; i < n1; ++i) {
+      if (i + kFar < n1) __builtin_prefetch(&SA_[n1 + SA_[i + kFar] / 2], 1);
+      if (i + kNear < n1) __builtin_prefetch(&T_[SA_[i + kNear]]);
       const Idx p = SA_[i];
-      if (i + kNear < n1) __builtin_prefetch(&SA_[n1 + SA_[i + kNear] / 2], 1);
-      if (prev == kEmpty || !equal_lms(prev, p)) ++names;
+      Idx& slot = SA_[n1 + p / 2];
+      const Idx len = slot;
+      if (len == 0 || len != prev_len || !std::equal(T_ + p, T_ + p + len, T_ + prev)) ++names;
       prev = p;
-      SA_[n1 + p / 2] = names - 1;
+      prev_len = len;
+      slot = names - 1;
     }
     Idx j = n_;
     for (Idx i = n_; i > n1; --i)
@@ -104,7 +129,9 @@ class Sais {
     std::fill(SA_ + n1, SA_ + n_, kEmpty);
     bucket_ends();
     for (Idx i = n1; i > 0; --i) {
-      if (i > kNear) __builtin_prefetch(&T_[SA_[i - 1 - kNear]]);
+      if (i > kFar) __builtin_prefetch(&T_[SA_[i - 1 - kFar]]);
+      if (i > kMid) __builtin_prefetch(&bkt_[T_[SA_[i - 1 - kMid]]], 1);
+      if (i > kNear) __builtin_prefetch(&SA_[bkt_[T_[SA_[i - 1 - kNear]]] - 1], 1);
       const Idx p = SA_[i - 1];
       SA_[i - 1] = kEmpty;
       SA_[--bkt_[T_[p]]] = p;
@@ -132,8 +159,19 @@ class Sais {
   // Bucket counts are recomputed from the text each time (a sequential pass) rather than kept:
   // that halves the memory of the recursion, whose alphabet can be a third of the text.
   void count() {
+    if (counted_) {
+      std::copy(cnt_, cnt_ + sigma_, bkt_);
+      return;
+    }
     std::fill(bkt_, bkt_ + sigma_, Idx(0));
-    for (Idx i = 0; i < n_; ++i) ++bkt_[T_[i]];
+    for (Idx i = 0; i < n_; ++i) {
+      if (i + kMid < n_) __builtin_prefetch(&bkt_[T_[i + kMid]], 1);
+      ++bkt_[T_[i]];
+    }
+    if (cnt_ != nullptr) {
+      std::copy(bkt_, bkt_ + sigma_, cnt_);
+      counted_ = true;
+    }
   }
 
   void bucket_starts() {
@@ -156,9 +194,10 @@ class Sais {
   }
 
   // Induction scans SA in order and writes to bucket heads/tails at random: the cost is cache
-  // misses. Two-stage software prefetch: far ahead, the text symbol (and type bit) of the entry's
-  // predecessor; nearer, the SA slot its bucket pointer currently designates.
-  static constexpr Idx kFar = 64, kNear = 32;
+  // misses. Three-stage software prefetch: far ahead, the text symbol of the entry's predecessor;
+  // then that symbol's bucket pointer (an alphabet of millions in the recursion does not fit in
+  // cache); nearest, the SA slot that pointer currently designates.
+  static constexpr Idx kFar = 96, kMid = 64, kNear = 32;
 
   void induce_l() {
     bucket_starts();
@@ -166,17 +205,19 @@ class Sais {
     for (Idx i = 0; i < n_; ++i) {
       if (i + kFar < n_) {
         const Idx q = SA_[i + kFar];
-        if (q != kEmpty && q > 0) {
-          __builtin_prefetch(&T_[q - 1]);
-          t_.prefetch(q - 1);
-        }
+        if (q != kEmpty && q > 0) __builtin_prefetch(&T_[q - 1]);
+      }
+      if (i + kMid < n_) {
+        const Idx q = SA_[i + kMid];
+        if (q != kEmpty && q > 0) __builtin_prefetch(&bkt_[T_[q - 1]], 1);
       }
       if (i + kNear < n_) {
         const Idx q = SA_[i + kNear];
         if (q != kEmpty && q > 0) __builtin_prefetch(&SA_[bkt_[T_[q - 1]]], 1);
       }
       const Idx j = SA_[i];
-      if (j != kEmpty && j > 0 && !t_.s(j - 1)) SA_[bkt_[T_[j - 1]]++] = j - 1;
+      // Scanned entries are L-type or LMS, so j-1 is L-type exactly when T[j-1] >= T[j].
+      if (j != kEmpty && j > 0 && T_[j - 1] >= T_[j]) SA_[bkt_[T_[j - 1]]++] = j - 1;
     }
   }
 
@@ -185,29 +226,22 @@ class Sais {
     for (Idx i = n_; i > 0; --i) {
       if (i > kFar) {
         const Idx q = SA_[i - 1 - kFar];
-        if (q != kEmpty && q > 0) {
-          __builtin_prefetch(&T_[q - 1]);
-          t_.prefetch(q - 1);
-        }
+        if (q != kEmpty && q > 0) __builtin_prefetch(&T_[q - 1]);
+      }
+      if (i > kMid) {
+        const Idx q = SA_[i - 1 - kMid];
+        if (q != kEmpty && q > 0) __builtin_prefetch(&bkt_[T_[q - 1]], 1);
       }
       if (i > kNear) {
         const Idx q = SA_[i - 1 - kNear];
         if (q != kEmpty && q > 0) __builtin_prefetch(&SA_[bkt_[T_[q - 1]] - 1], 1);
       }
       const Idx j = SA_[i - 1];
-      if (j != kEmpty && j > 0 && t_.s(j - 1)) SA_[--bkt_[T_[j - 1]]] = j - 1;
-    }
-  }
-
-  // Are the LMS substrings starting at p and q equal (symbols and types, up to the next LMS)?
-  bool equal_lms(Idx p, Idx q) const {
-    for (Idx d = 0;; ++d) {
-      const Idx a = p + d, b = q + d;
-      if (a == n_ || b == n_) return false;  // the sentinel's substring is unique
-      if (T_[a] != T_[b] || t_.s(a) != t_.s(b)) return false;
-      if (d > 0) {
-        const bool la = is_lms(a), lb = is_lms(b);
-        if (la || lb) return la && lb;
+      if (j != kEmpty && j > 0) {
+        // j-1 is S-type when T[j-1] < T[j], or when they are equal and j is S-type, i.e. j sits in
+        // the S part of its bucket, which the scan has filled down to bkt_[T[j]].
+        const Char c = T_[j - 1], d = T_[j];
+        if (c < d || (c == d && Idx(i - 1) >= bkt_[c])) SA_[--bkt_[c]] = j - 1;
       }
     }
   }
@@ -217,8 +251,11 @@ class Sais {
   Idx n_;
   Idx sigma_;
   TypeBits t_;
-  std::vector<Idx> owned_;
+  std::vector<Idx> owned_, owned_counts_;
   Idx* bkt_ = nullptr;
+  Idx* cnt_ = nullptr;  // symbol counts, kept when there is room (else recounted from the text)
+  bool counted_ = false;
+  static constexpr size_t kOwnedCounts = size_t(1) << 20;
 };
 
 }  // namespace detail

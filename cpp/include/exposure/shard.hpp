@@ -57,6 +57,7 @@ class Shard {
   uint64_t stream_start() const { return stream_start_; }
   uint64_t stream_end() const { return stream_end_; }
   uint64_t suffixes() const { return sa_.size(); }
+  uint64_t text_tokens() const { return n_text_; }
   const fs::path& dir() const { return dir_; }
 
   // Suffix-array range [first, second) of the suffixes that start with `phrase`.

@@ -98,7 +98,10 @@ class EncodedPairs:
 
     ``tokens[k]``: the sentence's token ids (no prefix, no special tokens). Index arrays are int64 ``[n, 2]``
     of token indices into ``tokens`` (``-1`` = none); model position = index + 1 (after the prefix token).
-    ``shared_prefix``: int64 ``[n]``, how many leading tokens the good and bad sentence have in common.
+    ``prefix_id``: int64, one entry per sentence token (sequence by sequence, as :meth:`offsets`): the id of the
+    prefix that predicts the token (``tokens[k][:t]`` after the prefix token; 0 = the prefix token alone). Equal
+    prefixes share an id across all sentences (the good and bad sentence up to their first difference, and every
+    sentence at its first token), so the next-token distribution is computed once per id. ``n_prefixes``: ids in use.
     """
 
     pair_uid: list[str]
@@ -106,7 +109,8 @@ class EncodedPairs:
     critical_start: np.ndarray
     critical_token: np.ndarray
     context_token: np.ndarray
-    shared_prefix: np.ndarray
+    prefix_id: np.ndarray
+    n_prefixes: int
 
     @property
     def n_pairs(self) -> int:
@@ -115,6 +119,23 @@ class EncodedPairs:
     def lengths(self) -> np.ndarray:
         """int64 ``[2n]`` sentence lengths in tokens (without the prefix)."""
         return np.fromiter((len(t) for t in self.tokens), dtype=np.int64, count=len(self.tokens))
+
+    def offsets(self) -> np.ndarray:
+        """int64 ``[2n + 1]``: sentence ``k``'s tokens are entries ``offsets[k]:offsets[k + 1]`` of flat arrays."""
+        return np.concatenate([[0], np.cumsum(self.lengths())])
+
+
+def prefix_ids(sequences: list[np.ndarray]) -> tuple[np.ndarray, int]:
+    """Id of the prefix before each token of each sequence (a trie over all sequences): flat int64 in sequence
+    order, 0 for the empty prefix; equal prefixes get equal ids. Returns (ids, number of ids)."""
+    children: dict[tuple[int, int], int] = {}
+    ids: list[int] = []
+    for seq in sequences:
+        node = 0
+        for tok in seq.tolist():
+            ids.append(node)
+            node = children.setdefault((node, tok), len(children) + 1)
+    return np.asarray(ids, dtype=np.int64), len(children) + 1
 
 
 def _index_array(table: pa.Table, field: str) -> np.ndarray:
@@ -161,13 +182,8 @@ def encode_pairs(table: pa.Table, tokenizer: Tokenizer) -> EncodedPairs:
             f"{lengths[row, side]} tokens of {sentences[2 * row + side]!r}; were the pairs built with another "
             f"tokenizer? ({int(bad_rows.any(axis=1).sum())} pair(s) affected)"
         )
-    shared = np.empty(len(uids), dtype=np.int64)
-    for i in range(len(uids)):
-        good_ids, bad_ids = tokens[2 * i], tokens[2 * i + 1]
-        m = min(len(good_ids), len(bad_ids))
-        differ = np.flatnonzero(good_ids[:m] != bad_ids[:m])
-        shared[i] = differ[0] if len(differ) else m
-    return EncodedPairs(uids, tokens, start, crit, ctx, shared)
+    ids, n_ids = prefix_ids(tokens)
+    return EncodedPairs(uids, tokens, start, crit, ctx, ids, n_ids)
 
 
 def check_tokenizer(
