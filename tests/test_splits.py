@@ -16,7 +16,7 @@ from exposure.blimp import PARADIGMS, BlimpPair, read_vocabulary
 from exposure.cli import main
 from exposure.critical import find_critical_phrases, phrase_table
 from exposure.schedule import Schedule
-from exposure.splits import checkpoints_of, make_splits, read_phrases, split_labels, summarize
+from exposure.splits import _list_array, checkpoints_of, make_splits, read_phrases, split_labels, summarize
 from exposure.tokenizer import TokenizerMismatchError, load_tokenizer
 
 TOKENIZER = Path(exposure.__file__).resolve().parent / "data" / "tokenizer.json"
@@ -184,6 +184,15 @@ def test_split_labels_convention() -> None:
         [False, False, True, True],
         [False, False, False, True],
     ]
+
+
+def test_split_column_at_pythia_scale() -> None:
+    """13,000 pairs x 154 checkpoints of labels: pyarrow converts such a numpy string array in chunks."""
+    rng = np.random.default_rng(0)
+    labels = np.where(rng.random((13_000, 154)) < 0.3, "train", "validation")
+    column = _list_array(labels, pa.string())
+    assert len(column) == 13_000 and column.type == pa.list_(pa.string())
+    assert column[4].as_py() == labels[4].tolist() and column[-1].as_py() == labels[-1].tolist()
 
 
 def test_tokenizer_mismatch_is_refused(world) -> None:

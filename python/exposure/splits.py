@@ -176,9 +176,13 @@ def split_labels(first_step: np.ndarray, checkpoints: Sequence[int]) -> np.ndarr
 
 
 def _list_array(values: np.ndarray, typ: pa.DataType) -> pa.Array:
+    """``[n, k]`` array as a list array of n rows of k values."""
     n, k = values.shape
     offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), type=typ))
+    flat = pa.array(values.reshape(-1), type=typ)
+    if isinstance(flat, pa.ChunkedArray):  # pyarrow chunks large numpy string arrays (~10^6 labels and more)
+        flat = pa.concat_arrays(flat.chunks)
+    return pa.ListArray.from_arrays(offsets, flat)
 
 
 def make_splits(phrases: pa.Table, index: _Index, schedule: Schedule, index_path: str | None = None) -> pa.Table:
