@@ -169,3 +169,21 @@ def test_edge_cases_do_not_crash(tmp_path) -> None:
     # no bootstrap at all still works
     res0 = gen.analyze_generalization(phen, phen, first, correct, steps, n_boot=0)
     assert res0.delays["tr"].train.step == 100
+
+
+def test_chance_sentence_quotes_the_interval() -> None:
+    # 40 pairs per group; proxy-validation (first seen after the last checkpoint) ends at 22/40 correct,
+    # whose 95% CI includes 0.5
+    steps = np.array([10, 20, 40])
+    first = np.array([0] * 40 + [50] * 40)
+    correct = np.zeros((80, 3), bool)
+    correct[:40, 1:] = True
+    correct[40:62, 2] = True
+    res = gen.analyze_generalization(np.arange(80).astype(str), np.full(80, "x"), first, correct, steps,
+                                     n_boot=200, rng=np.random.default_rng(0))
+    d = res.overall
+    assert d.delay is None and not d.validation.above_chance
+    text = delay_sentence(d, 0.9)
+    low, high = d.validation.final_ci_low, d.validation.final_ci_high
+    assert low <= 0.5 <= high
+    assert f"ends indistinguishable from chance (accuracy 0.55, 95% CI {low:.2f}–{high:.2f} includes 0.5)" in text

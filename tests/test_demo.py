@@ -75,6 +75,7 @@ def test_report_references_every_figure(demo):
     assert len(embedded) >= len(figures)
     text = format_result(result)
     assert "proxy-train" in text and str(result.report.resolve()) in text
+    assert "None" not in text  # no unmeasured value printed as Python's None
 
 
 def test_rerun_reuses_finished_stages(demo):
@@ -83,3 +84,16 @@ def test_rerun_reuses_finished_stages(demo):
     again = run_demo(cfg, log=logs.append)
     assert all(v == 0.0 for k, v in again.seconds.items() if k != "total")
     assert sum("reusing" in line for line in logs) == 6
+
+
+def test_format_result_prints_a_measured_delay():
+    from types import SimpleNamespace
+
+    summary = {"pairs": 10, "with_phrase": 9, "checkpoints": [0, 1000, 2000], "proxy_train_at_last_checkpoint": 6,
+               "proxy_validation_at_last_checkpoint": 4, "never_exposed": 1,
+               "analysis": {"threshold": 0.9, "overall": {"train_step": 1000, "validation_step": 2000, "delay": 1000}}}
+    result = SimpleNamespace(summary=summary, seconds={"total": 1.0}, report=Path("report.html"))
+    text = format_result(result)
+    assert "at step 1,000, proxy-validation at step 2,000: delay 1,000 steps" in text
+    summary["analysis"]["overall"] = {"train_step": None, "validation_step": None, "delay": None}
+    assert "delay (overall)" not in format_result(result)

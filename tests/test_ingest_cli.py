@@ -181,7 +181,9 @@ def _assert_nothing_written(out: Path) -> None:
         assert not out.with_name(out.name + suffix).exists(), suffix
 
 
-def test_bad_inputs_fail_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_inputs_fail_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "idx"
     # a .bin whose size disagrees with its .idx
     bin_path, idx_path = write_mmidx(tmp_path / "p", _pythia_items()[:2])
@@ -210,13 +212,24 @@ def test_bad_inputs_fail_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[s
                  "--item-length", "4", "--schedule", "custom", "--items-per-step", "1", "--no-progress"]) == 2
     assert "gi.npy: instance 1 appears more than once" in capsys.readouterr().err
     _assert_nothing_written(out)
-    # an existing index is not overwritten without --overwrite
+    # a text corpus without a schedule is refused before any tokenization
     src = write_text(tmp_path / "ok.txt", "a b c d e f g h\n")
+    monkeypatch.setattr("exposure.ingest._tokenized_text", _must_not_run)
+    assert main(["build", str(src), "--format", "text", "--out", str(out), "--tokenizer", str(NEOX_TOKENIZER),
+                 "--item-length", "2", "--no-progress"]) == 2
+    assert "say how the run batched the items" in capsys.readouterr().err
+    _assert_nothing_written(out)
+    monkeypatch.undo()
+    # an existing index is not overwritten without --overwrite
     args = ["build", str(src), "--format", "text", "--out", str(out), "--tokenizer", str(NEOX_TOKENIZER),
             "--item-length", "2", "--items-per-step", "1", "--no-progress"]
     assert main(args) == 0
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
+
+
+def _must_not_run(*args: object, **kwargs: object) -> None:
+    raise AssertionError("tokenized before the arguments were checked")
 
 
 def test_exit_status_from_the_shell(tmp_path: Path) -> None:

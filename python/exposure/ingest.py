@@ -92,14 +92,19 @@ def _check_item_length(schedule: Schedule | None, item_length: int | None, what:
         )
 
 
-def _custom_schedule(
-    item_length: int, num_items: int, items_per_step: int | None, checkpoints: Sequence[int] | None, what: str
-) -> Schedule:
+def _require_items_per_step(items_per_step: int | None, what: str) -> int:
     if items_per_step is None:
         raise ValueError(
             f"{what}: say how the run batched the items: --items-per-step B (and optionally --checkpoints), "
             f"or a preset --schedule"
         )
+    return items_per_step
+
+
+def _custom_schedule(
+    item_length: int, num_items: int, items_per_step: int | None, checkpoints: Sequence[int] | None, what: str
+) -> Schedule:
+    items_per_step = _require_items_per_step(items_per_step, what)
     num_steps = math.ceil(num_items / items_per_step)
     return Schedule.custom(item_length, items_per_step, checkpoints, num_steps=num_steps)
 
@@ -229,6 +234,8 @@ def build(
             sched_spec = "custom"
         elif sched_spec != "custom":
             raise ValueError("--items-per-step / --checkpoints describe a custom schedule; use them with --schedule custom")
+    if sched_spec == "custom" or (sched_spec is None and fmt == "text"):  # before any (long) tokenization
+        _require_items_per_step(items_per_step, "the text corpus" if fmt == "text" else f"the {fmt} data")
 
     cache_dir: Path | None = None
     build_info: dict[str, Any] = {"format": fmt}

@@ -84,7 +84,10 @@ def delay_sentence(d: Delay, threshold: float) -> str:
             elif c.final_step is None:
                 reasons.append(f"{name} never has enough pairs at a checkpoint")
             elif not c.above_chance:
-                reasons.append(f"{name} ends at chance (accuracy {_num(c.final_accuracy)})")
+                reasons.append(
+                    f"{name} ends indistinguishable from chance (accuracy {_num(c.final_accuracy)}, "
+                    f"{_ci(c.final_ci_low, c.final_ci_high, 2)} includes 0.5)"
+                )
             elif c.step is None:
                 reasons.append(f"{name} never reached {threshold:.0%} of its final accuracy")
         return f"{who}: no delay can be measured because {' and '.join(reasons)}."

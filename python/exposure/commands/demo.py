@@ -49,11 +49,11 @@ def format_result(result: Any) -> str:
     ]
     analysis = s.get("analysis", {})
     overall = analysis.get("overall", {})
-    if overall:
+    if overall.get("delay") is not None:  # otherwise the findings below say why there is none
         lines.append(
             f"  delay (overall): proxy-train reached {analysis.get('threshold', 0.9):.0%} of its final accuracy at step "
-            f"{overall.get('train_step')}, proxy-validation at step {overall.get('validation_step')}: "
-            f"delay {overall.get('delay')} steps"
+            f"{overall['train_step']:,}, proxy-validation at step {overall['validation_step']:,}: "
+            f"delay {overall['delay']:,} steps"
         )
     for section, texts in (analysis.get("findings") or {}).items():
         lines.append(f"  {section}:")
