@@ -411,11 +411,12 @@ def test_batches_cover_every_sequence_within_budget(lengths: list[int], budget: 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=6), min_size=1, max_size=12))
 def test_prefix_ids_are_equal_exactly_for_equal_prefixes(sequences: list[list[int]]) -> None:
-    ids, n_ids = prefix_ids([np.asarray(s, dtype=np.int64) for s in sequences])
+    before, after, n_ids = prefix_ids([np.asarray(s, dtype=np.int64) for s in sequences])
     prefixes = [tuple(s[:t]) for s in sequences for t in range(len(s))]
-    assert len(ids) == len(prefixes) and n_ids > ids.max()
+    extended = [tuple(s[: t + 1]) for s in sequences for t in range(len(s))]
+    assert len(before) == len(after) == len(prefixes) and n_ids > max(before.max(), after.max())
     first: dict[tuple[int, ...], int] = {}
-    for prefix, i in zip(prefixes, ids.tolist(), strict=True):
+    for prefix, i in zip(prefixes + extended, before.tolist() + after.tolist(), strict=True):
         assert first.setdefault(prefix, i) == i  # equal prefixes, equal ids
     assert len(set(first.values())) == len(first)  # different prefixes, different ids
     assert first[()] == 0
@@ -434,3 +435,26 @@ def test_real_pairs_share_prefixes_across_batches(neox: dict[str, Any]) -> None:
             batch_of[offsets[k] : offsets[k + 1]] = b
     spans = [len(np.unique(batch_of[ids == i])) for i in np.unique(ids)]
     assert max(spans) > 1  # some prefix is first computed in one batch and reused in a later one
+
+
+def test_prefix_normalizers_reuse_values_and_match_log_softmax() -> None:
+    from exposure.scoring.forward import PrefixNormalizers
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=True)
+    hidden = torch.randn(5, 8)
+    hidden[1] = hidden[0] + 1e-2  # the same prefix computed in another row (exaggerated batching noise)
+    hidden[3] = hidden[2]
+    targets = torch.tensor([7, 7, 3, 9, 11])
+    prefix = np.array([0, 0, 5, 5, 6])
+    after = np.array([1, 1, 6, 8, 9])  # rows 0 and 1: same prefix, same token
+    norm = PrefixNormalizers(10, torch.device("cpu"))
+    with torch.inference_mode():
+        got = norm.token_logprobs(head, hidden, targets, prefix, after)
+        want = torch.log_softmax(head(hidden), dim=1).gather(1, targets[:, None])[:, 0]
+        assert got[0] == got[1] and want[0] != want[1]  # the second row reuses the first one's value
+        torch.testing.assert_close(got[[0, 2, 3, 4]], want[[0, 2, 3, 4]], rtol=0, atol=1e-5)
+        # a later batch: a known prefix with a new token, and a token seen before
+        again = norm.token_logprobs(head, hidden[[2, 0]], torch.tensor([4, 7]), np.array([5, 0]), np.array([7, 1]))
+        assert again[1] == got[0]
+        torch.testing.assert_close(again[0], torch.log_softmax(head(hidden[2]), dim=0)[4], rtol=0, atol=1e-5)

@@ -57,32 +57,44 @@ def target_logits(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Te
 
 
 class PrefixNormalizers:
-    """``logsumexp`` of the next-token logits per prefix id (:attr:`EncodedPairs.prefix_id`), computed once.
+    """Token log-probabilities by trie node (:attr:`EncodedPairs.prefix_id` / ``next_id``), each computed once.
 
-    A token's log-probability is its logit minus its prefix's normalizer. The full vocabulary projection (the
-    dominant cost for small models) runs once per distinct prefix: the good and bad sentence share theirs up to
-    their first difference, and many sentences share their first words. The first occurrence of a prefix gets
-    ``log_softmax`` over the full row, later ones its target logit (one row of the projection) minus the stored
-    normalizer, equal within float32 rounding."""
+    A token's log-probability is its logit minus its prefix's normalizer (``logsumexp`` of the next-token logits).
+    The full vocabulary projection (the dominant cost for small models) runs once per distinct prefix: the good
+    and bad sentence share theirs up to their first difference, and many sentences share their first words. The
+    first token seen after a new prefix gets ``log_softmax`` over the full row; another token after a known prefix
+    gets its target logit (one row of the projection) minus the stored normalizer. A token whose ``next_id`` was
+    seen before (same prefix, same token) gets the stored value itself, so e.g. the good and bad sentence's
+    shared prefix contributes identical values to both, in any dtype."""
 
     def __init__(self, n_prefixes: int, device: torch.device) -> None:
-        self.known = np.zeros(n_prefixes, dtype=bool)
+        self.normalized = np.zeros(n_prefixes, dtype=bool)
         self.lse = torch.zeros(n_prefixes, dtype=torch.float32, device=device)
+        self.scored = np.zeros(n_prefixes, dtype=bool)
+        self.logp = torch.zeros(n_prefixes, dtype=torch.float32, device=device)
 
     def token_logprobs(
-        self, head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, ids: np.ndarray
+        self, head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, prefix: np.ndarray, after: np.ndarray
     ) -> torch.Tensor:
-        """float32 log-probabilities of ``targets`` given ``hidden`` (rows), whose prefixes have ids ``ids``."""
+        """float32 log-probabilities of ``targets`` given ``hidden`` (rows), whose prefixes have ids ``prefix`` and
+        which lead to ids ``after``."""
         device = hidden.device
-        unique, first = np.unique(ids, return_index=True)
-        fresh = ~self.known[unique]
-        rows = torch.from_numpy(first[fresh]).to(device)
-        new_logp, new_lse = full_rows(head, hidden[rows], targets[rows])
-        self.lse[torch.from_numpy(unique[fresh]).to(device)] = new_lse
-        self.known[unique[fresh]] = True
-        logp = target_logits(head, hidden, targets) - self.lse[torch.from_numpy(ids).to(device)]
-        logp[rows] = new_logp
-        return logp
+        tokens, first = np.unique(after, return_index=True)
+        new = ~self.scored[tokens]
+        tokens, rows = tokens[new], first[new]  # one row per token never scored
+        prefixes, first_p = np.unique(prefix[rows], return_index=True)
+        fresh = ~self.normalized[prefixes]
+        full = first_p[fresh]  # positions in `rows` that get a full row: one per new prefix
+        full_rows_t = torch.from_numpy(rows[full]).to(device)
+        new_logp, new_lse = full_rows(head, hidden[full_rows_t], targets[full_rows_t])
+        self.lse[torch.from_numpy(prefixes[fresh]).to(device)] = new_lse
+        self.normalized[prefixes[fresh]] = True
+        rows_t = torch.from_numpy(rows).to(device)
+        values = target_logits(head, hidden[rows_t], targets[rows_t]) - self.lse[torch.from_numpy(prefix[rows]).to(device)]
+        values[torch.from_numpy(full).to(device)] = new_logp
+        self.logp[torch.from_numpy(tokens).to(device)] = values
+        self.scored[tokens] = True
+        return self.logp[torch.from_numpy(after).to(device)]
 
 
 def _base_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -131,12 +143,13 @@ def _forward_batch(
     key_pos: np.ndarray,
     predicts: np.ndarray,
     prefix_ids: np.ndarray,
+    next_ids: np.ndarray,
     normalizers: PrefixNormalizers,
     n_layers: int,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward pass. ``predicts``: bool ``[b, T-1]``, the positions whose next-token log-prob is wanted;
-    ``prefix_ids``: their prefix ids, in row-major order.
+    ``prefix_ids`` / ``next_ids``: their trie ids before and after the token, in row-major order.
 
     Returns (log-probs float32 of the ``predicts`` positions in row-major order, hidden states at ``query_pos``
     float16 ``[b, n_layers + 1, d]``, attention rows ``query_pos -> key_pos`` float32 ``[b, n_layers, H]``).
@@ -158,7 +171,9 @@ def _forward_batch(
     r = torch.arange(ids.shape[0], device=device)
     states = torch.stack([h[r, q] for h in hidden], dim=1).to(torch.float16)
     wanted = torch.from_numpy(predicts).to(device)
-    logp = normalizers.token_logprobs(head, out.last_hidden_state[:, :-1][wanted], ids[:, 1:][wanted], prefix_ids)
+    logp = normalizers.token_logprobs(
+        head, out.last_hidden_state[:, :-1][wanted], ids[:, 1:][wanted], prefix_ids, next_ids
+    )
     return logp, states, rows
 
 
@@ -201,7 +216,8 @@ def score_checkpoint(
             predicts = position < lengths[index][:, None]
             where = (offsets[index][:, None] + position)[predicts]
             flat, states, rows = _forward_batch(
-                model, batch, query_pos, key_pos, predicts, encoded.prefix_id[where], normalizers, n_layers, device
+                model, batch, query_pos, key_pos, predicts, encoded.prefix_id[where], encoded.next_id[where],
+                normalizers, n_layers, device,
             )
             token_logp[where] = flat.double().cpu().numpy()
             has_crit = encoded.critical_token[pair, side] >= 0

@@ -98,10 +98,12 @@ class EncodedPairs:
 
     ``tokens[k]``: the sentence's token ids (no prefix, no special tokens). Index arrays are int64 ``[n, 2]``
     of token indices into ``tokens`` (``-1`` = none); model position = index + 1 (after the prefix token).
-    ``prefix_id``: int64, one entry per sentence token (sequence by sequence, as :meth:`offsets`): the id of the
-    prefix that predicts the token (``tokens[k][:t]`` after the prefix token; 0 = the prefix token alone). Equal
-    prefixes share an id across all sentences (the good and bad sentence up to their first difference, and every
-    sentence at its first token), so the next-token distribution is computed once per id. ``n_prefixes``: ids in use.
+    ``prefix_id`` / ``next_id``: int64, one entry per sentence token (sequence by sequence, as :meth:`offsets`): the
+    id of the prefix that predicts the token (``tokens[k][:t]`` after the prefix token; 0 = the prefix token alone)
+    and of that prefix extended by the token (``tokens[k][:t + 1]``). Equal prefixes share an id across all
+    sentences (the good and bad sentence up to their first difference, and every sentence at its first token), so
+    the next-token distribution is computed once per prefix and a token's log-probability once per ``next_id``.
+    ``n_prefixes``: ids in use.
     """
 
     pair_uid: list[str]
@@ -110,6 +112,7 @@ class EncodedPairs:
     critical_token: np.ndarray
     context_token: np.ndarray
     prefix_id: np.ndarray
+    next_id: np.ndarray
     n_prefixes: int
 
     @property
@@ -125,17 +128,20 @@ class EncodedPairs:
         return np.concatenate([[0], np.cumsum(self.lengths())])
 
 
-def prefix_ids(sequences: list[np.ndarray]) -> tuple[np.ndarray, int]:
-    """Id of the prefix before each token of each sequence (a trie over all sequences): flat int64 in sequence
-    order, 0 for the empty prefix; equal prefixes get equal ids. Returns (ids, number of ids)."""
+def prefix_ids(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Ids of the prefix before and after each token of each sequence (nodes of a trie over all sequences): two
+    flat int64 arrays in sequence order, 0 for the empty prefix; equal prefixes get equal ids. Returns
+    (ids before, ids after, number of ids)."""
     children: dict[tuple[int, int], int] = {}
-    ids: list[int] = []
+    before: list[int] = []
+    after: list[int] = []
     for seq in sequences:
         node = 0
         for tok in seq.tolist():
-            ids.append(node)
+            before.append(node)
             node = children.setdefault((node, tok), len(children) + 1)
-    return np.asarray(ids, dtype=np.int64), len(children) + 1
+            after.append(node)
+    return np.asarray(before, dtype=np.int64), np.asarray(after, dtype=np.int64), len(children) + 1
 
 
 def _index_array(table: pa.Table, field: str) -> np.ndarray:
@@ -182,8 +188,8 @@ def encode_pairs(table: pa.Table, tokenizer: Tokenizer) -> EncodedPairs:
             f"{lengths[row, side]} tokens of {sentences[2 * row + side]!r}; were the pairs built with another "
             f"tokenizer? ({int(bad_rows.any(axis=1).sum())} pair(s) affected)"
         )
-    ids, n_ids = prefix_ids(tokens)
-    return EncodedPairs(uids, tokens, start, crit, ctx, ids, n_ids)
+    before, after, n_ids = prefix_ids(tokens)
+    return EncodedPairs(uids, tokens, start, crit, ctx, before, after, n_ids)
 
 
 def check_tokenizer(
