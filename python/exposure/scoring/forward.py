@@ -43,7 +43,8 @@ def full_rows(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
         end = start + step
         logits = head(hidden[start:end]).float()
         target = logits.gather(1, targets[start:end, None])[:, 0]
-        # logsumexp in place (no second vocabulary-sized tensor, as log_softmax would write): ~30% less time
+        # logsumexp in place: log_softmax would write a second vocabulary-sized tensor (a micro-benchmark of
+        # 83 x 50k logits: 1.6 ms instead of 2.5 ms on top of the projection)
         peak = logits.amax(dim=1, keepdim=True)
         lse[start:end] = peak[:, 0] + logits.sub_(peak).exp_().sum(dim=1).log()
         logp[start:end] = target - lse[start:end]
@@ -64,7 +65,7 @@ class PrefixNormalizers:
     A token's log-probability is its logit minus its prefix's normalizer (``logsumexp`` of the next-token logits).
     The full vocabulary projection (the dominant cost for small models) runs once per distinct prefix: the good
     and bad sentence share theirs up to their first difference, and many sentences share their first words. The
-    first token seen after a new prefix gets ``log_softmax`` over the full row; another token after a known prefix
+    first token seen after a new prefix gets the full row (:func:`full_rows`); another token after a known prefix
     gets its target logit (one row of the projection) minus the stored normalizer. A token whose ``next_id`` was
     seen before (same prefix, same token) gets the stored value itself, so e.g. the good and bad sentence's
     shared prefix contributes identical values to both, in any dtype."""
@@ -92,7 +93,8 @@ class PrefixNormalizers:
         self.lse[torch.from_numpy(prefixes[fresh]).to(device)] = new_lse
         self.normalized[prefixes[fresh]] = True
         rows_t = torch.from_numpy(rows).to(device)
-        values = target_logits(head, hidden[rows_t], targets[rows_t]) - self.lse[torch.from_numpy(prefix[rows]).to(device)]
+        normalizer = self.lse[torch.from_numpy(prefix[rows]).to(device)]
+        values = target_logits(head, hidden[rows_t], targets[rows_t]) - normalizer
         values[torch.from_numpy(full).to(device)] = new_logp
         self.logp[torch.from_numpy(tokens).to(device)] = values
         self.scored[tokens] = True
