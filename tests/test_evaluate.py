@@ -458,3 +458,25 @@ def test_prefix_normalizers_reuse_values_and_match_log_softmax() -> None:
         again = norm.token_logprobs(head, hidden[[2, 0]], torch.tensor([4, 7]), np.array([5, 0]), np.array([7, 1]))
         assert again[1] == got[0]
         torch.testing.assert_close(again[0], torch.log_softmax(head(hidden[2]), dim=0)[4], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])  # the tile shapes of each device type (run on the CPU)
+@pytest.mark.parametrize("bias", [False, True])
+def test_tiled_logsumexp_equals_logsumexp(
+    monkeypatch: pytest.MonkeyPatch, device_type: str, bias: bool
+) -> None:
+    from exposure.scoring import forward
+
+    torch.manual_seed(1)
+    head = torch.nn.Linear(16, 2500, bias=bias)  # 2,500 = two whole tiles of 1,024 columns + a ragged one
+    hidden = torch.randn(70, 16) * 3
+    # small tiles of the same kind as the device type's: several row tiles (ragged too) and vocabulary tiles
+    tiles = {"cpu": (64 * 1024, 1024), "cuda": (25 * 2500, None)}
+    monkeypatch.setitem(forward.LOGIT_TILES, "cpu", tiles[device_type])
+    with torch.inference_mode():
+        got = forward.logsumexp_rows(head, hidden)
+        want = torch.logsumexp(head(hidden).double(), dim=1).float()
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+        half = forward.logsumexp_rows(head.to(torch.bfloat16), hidden.to(torch.bfloat16))
+        assert half.dtype == torch.float32
+        torch.testing.assert_close(half, want, rtol=0, atol=0.1)

@@ -14,9 +14,10 @@ from exposure.scoring.attention import AttentionRowRecorder, UnsupportedModelErr
 from exposure.scoring.batching import Batch, make_batch
 from exposure.scoring.pairs import EncodedPairs
 
-LOGIT_CHUNK_ELEMENTS = {"cuda": 1 << 26, "cpu": 1 << 22}
-"""Logits computed at once, by device type: on a GPU big blocks keep it busy (256 MiB in float32); on a CPU a
-block that stays in cache is about twice as fast (16 MiB; measured with a 50k vocabulary)."""
+LOGIT_TILES = {"cuda": (1 << 26, None), "cpu": (1 << 20, 1 << 10)}
+"""Logits computed at once, by device type: (elements, vocabulary columns; None: the whole vocabulary). On a GPU big blocks keep it busy (256 MiB in float32). On a CPU a tile of 1,024 rows x 1,024 vocabulary columns
+(4 MiB) with a running logsumexp across the vocabulary is about twice as fast as whole-vocabulary blocks of the same
+or larger size (12,829 rows x 50k vocabulary x 64: 1.0-1.4 s instead of 2.3-2.9 s, same run)."""
 
 
 @dataclass(frozen=True)
@@ -31,24 +32,29 @@ class CheckpointScores:
     states_overflow: int
 
 
-def full_rows(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``log softmax(head(hidden))[targets]`` and ``logsumexp(head(hidden))`` row by row, float32, in blocks of
-    logits that fit the device (:data:`LOGIT_CHUNK_ELEMENTS`) rather than all logits at once."""
-    logp = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-    lse = torch.empty_like(logp)
+def logsumexp_rows(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``logsumexp(head(hidden))`` row by row, float32, tile by tile (:data:`LOGIT_TILES`) with a running maximum
+    and sum across the vocabulary, so no row's full logits are ever held at once."""
     weight: torch.Tensor = getattr(head, "weight")  # noqa: B009 (typed access to a Module attribute)
-    chunk = LOGIT_CHUNK_ELEMENTS.get(hidden.device.type, LOGIT_CHUNK_ELEMENTS["cuda"])
-    step = max(1, chunk // int(weight.shape[0]))
+    bias: torch.Tensor | None = getattr(head, "bias", None)
+    vocab = int(weight.shape[0])
+    elements, columns = LOGIT_TILES.get(hidden.device.type, LOGIT_TILES["cuda"])
+    columns = vocab if columns is None else min(columns, vocab)
+    step = max(1, elements // columns)
+    lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], step):
-        end = start + step
-        logits = head(hidden[start:end]).float()
-        target = logits.gather(1, targets[start:end, None])[:, 0]
-        # logsumexp in place: log_softmax would write a second vocabulary-sized tensor (a micro-benchmark of
-        # 83 x 50k logits: 1.6 ms instead of 2.5 ms on top of the projection)
-        peak = logits.amax(dim=1, keepdim=True)
-        lse[start:end] = peak[:, 0] + logits.sub_(peak).exp_().sum(dim=1).log()
-        logp[start:end] = target - lse[start:end]
-    return logp, lse
+        h = hidden[start : start + step]
+        peak = torch.full((h.shape[0],), -torch.inf, dtype=torch.float32, device=h.device)
+        total = torch.zeros_like(peak)
+        for v in range(0, vocab, columns):
+            b = None if bias is None else bias[v : v + columns]
+            logits = torch.nn.functional.linear(h, weight[v : v + columns], b).float()
+            new_peak = torch.maximum(peak, logits.amax(dim=1))
+            # in place: a second tile-sized tensor (as log_softmax writes) costs more than the exponentials
+            total.mul_((peak - new_peak).exp_()).add_(logits.sub_(new_peak[:, None]).exp_().sum(dim=1))
+            peak = new_peak
+        lse[start : start + step] = peak + total.log()
+    return lse
 
 
 def target_logits(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -64,11 +70,11 @@ class PrefixNormalizers:
 
     A token's log-probability is its logit minus its prefix's normalizer (``logsumexp`` of the next-token logits).
     The full vocabulary projection (the dominant cost for small models) runs once per distinct prefix: the good
-    and bad sentence share theirs up to their first difference, and many sentences share their first words. The
-    first token seen after a new prefix gets the full row (:func:`full_rows`); another token after a known prefix
-    gets its target logit (one row of the projection) minus the stored normalizer. A token whose ``next_id`` was
-    seen before (same prefix, same token) gets the stored value itself, so e.g. the good and bad sentence's
-    shared prefix contributes identical values to both, in any dtype."""
+    and bad sentence share theirs up to their first difference, and many sentences share their first words. A new
+    prefix gets its normalizer from the whole projection (:func:`logsumexp_rows`); every token gets its target
+    logit (one row of the projection, :func:`target_logits`) minus its prefix's stored normalizer. A token whose
+    ``next_id`` was seen before (same prefix, same token) gets the stored value itself, so e.g. the good and bad
+    sentence's shared prefix contributes identical values to both, in any dtype."""
 
     def __init__(self, n_prefixes: int, device: torch.device) -> None:
         self.normalized = np.zeros(n_prefixes, dtype=bool)
@@ -88,14 +94,12 @@ class PrefixNormalizers:
         prefixes, first_p = np.unique(prefix[rows], return_index=True)
         fresh = ~self.normalized[prefixes]
         full = first_p[fresh]  # positions in `rows` that get a full row: one per new prefix
-        full_rows_t = torch.from_numpy(rows[full]).to(device)
-        new_logp, new_lse = full_rows(head, hidden[full_rows_t], targets[full_rows_t])
+        new_lse = logsumexp_rows(head, hidden[torch.from_numpy(rows[full]).to(device)])
         self.lse[torch.from_numpy(prefixes[fresh]).to(device)] = new_lse
         self.normalized[prefixes[fresh]] = True
         rows_t = torch.from_numpy(rows).to(device)
         normalizer = self.lse[torch.from_numpy(prefix[rows]).to(device)]
         values = target_logits(head, hidden[rows_t], targets[rows_t]) - normalizer
-        values[torch.from_numpy(full).to(device)] = new_logp
         self.logp[torch.from_numpy(tokens).to(device)] = values
         self.scored[tokens] = True
         return self.logp[torch.from_numpy(after).to(device)]
