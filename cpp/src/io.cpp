@@ -9,6 +9,8 @@
 #include <bit>
 #include <new>
 #include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <utility>
 
 namespace exposure {
@@ -216,9 +218,13 @@ FileHeader make_header(FileKind kind, uint64_t count, uint32_t elem_bytes, uint3
 
 FileWriter::FileWriter(const fs::path& path, FileHeader header) : path_(path), tmp_(path) {
   tmp_ += ".tmp";
-  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  buf_.reset(static_cast<uint8_t*>(std::aligned_alloc(kAlign, kBuffer)));
+  if (!buf_) throw std::bad_alloc();
+  constexpr int kFlags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
+  fd_ = ::open(tmp_.c_str(), kFlags | O_DIRECT, 0644);
+  direct_ = fd_ >= 0;
+  if (fd_ < 0 && errno == EINVAL) fd_ = ::open(tmp_.c_str(), kFlags, 0644);  // no O_DIRECT here (tmpfs...)
   if (fd_ < 0) throw IndexFileError(errno_text("cannot create", tmp_));
-  buf_.reserve(1 << 20);
   write(&header, sizeof(header));
 }
 
@@ -235,31 +241,53 @@ void FileWriter::write(const void* data, size_t len) {
   hash_.update(p, len);
   written_ += len;
   while (len > 0) {
-    size_t take = std::min(len, buf_.capacity() - buf_.size());
-    buf_.insert(buf_.end(), p, p + take);
+    const size_t take = std::min(len, kBuffer - used_);
+    std::memcpy(buf_.get() + used_, p, take);
+    used_ += take;
     p += take;
     len -= take;
-    if (buf_.size() == buf_.capacity()) flush();
+    if (used_ == kBuffer) flush(kBuffer);
   }
 }
 
-void FileWriter::flush() {
-  const uint8_t* p = buf_.data();
-  size_t left = buf_.size();
+void FileWriter::write_all(const uint8_t* p, size_t left) {
   while (left > 0) {
     ssize_t n = ::write(fd_, p, left);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw IndexFileError(errno_text("cannot write", tmp_));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EINVAL && direct_) {
+      // The file system refused direct I/O after all: carry on through the page cache.
+      direct_ = false;
+      if (::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_DIRECT) != 0)
+        throw IndexFileError(errno_text("cannot write", tmp_));
+      continue;
     }
+    if (n < 0) throw IndexFileError(errno_text("cannot write", tmp_));
     p += n;
     left -= static_cast<size_t>(n);
+    if (left % kAlign != 0 && direct_) {  // a short write left an unaligned rest: finish buffered
+      direct_ = false;
+      if (::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_DIRECT) != 0)
+        throw IndexFileError(errno_text("cannot write", tmp_));
+    }
   }
-  buf_.clear();
+}
+
+// Writes the first `len` buffered bytes (a multiple of kAlign, or the padded last block).
+void FileWriter::flush(size_t len) {
+  write_all(buf_.get(), len);
+  used_ = 0;
 }
 
 std::pair<uint64_t, uint64_t> FileWriter::commit() {
-  flush();
+  if (used_ > 0) {
+    size_t len = used_;
+    if (direct_) {  // direct I/O writes whole blocks: pad, then cut the file back to its size
+      len = (used_ + kAlign - 1) / kAlign * kAlign;
+      std::memset(buf_.get() + used_, 0, len - used_);
+    }
+    flush(len);
+    if (::ftruncate(fd_, static_cast<off_t>(written_)) != 0) throw IndexFileError(errno_text("cannot truncate", tmp_));
+  }
   if (::fsync(fd_) != 0) throw IndexFileError(errno_text("cannot fsync", tmp_));
   ::close(fd_);
   fd_ = -1;

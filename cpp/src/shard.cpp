@@ -344,14 +344,17 @@ std::vector<std::string> Shard::window_names() const {
   return names;
 }
 
-FileRecord Shard::add_windows(const WindowSpec& spec) const {
+FileRecord Shard::add_windows(const WindowSpec& spec) const { return add_windows(spec, sa_); }
+
+FileRecord Shard::add_windows(const WindowSpec& spec, const PackedArray& sa) const {
+  if (sa.size() != sa_.size() || sa.width() != sa_.width()) throw std::invalid_argument("not this shard's suffix array");
   if (!std::is_sorted(spec.boundaries.begin(), spec.boundaries.end()) ||
       std::adjacent_find(spec.boundaries.begin(), spec.boundaries.end()) != spec.boundaries.end())
     throw std::invalid_argument("window boundaries must be strictly increasing");
   if (spec.boundaries.size() >= 65535) throw std::invalid_argument("at most 65534 window boundaries");
   const unsigned levels = std::max(1, int(std::bit_width(spec.boundaries.size())));
-  if (levels <= 8) return write_windows<uint8_t>(*this, sa_, spec, levels, dir_);
-  return write_windows<uint16_t>(*this, sa_, spec, levels, dir_);
+  if (levels <= 8) return write_windows<uint8_t>(*this, sa, spec, levels, dir_);
+  return write_windows<uint16_t>(*this, sa, spec, levels, dir_);
 }
 
 template <class T>
@@ -381,47 +384,7 @@ ShardBuildResult build_shard(std::span<const T> text, const fs::path& dir, uint6
   }
   const uint64_t stream_end = stream_start + owned_tokens;
 
-  // Suffix array, then keep owned, non-separator suffixes only.
-  const unsigned width = bytes_for(n == 0 ? 0 : n - 1);
-  auto sort_and_write = [&]<class Idx>(Idx) {
-    HugeArray<Idx> sa(n);
-    const auto t0 = std::chrono::steady_clock::now();
-    suffix_array<T, Idx>(text.data(), sa.data(), n, uint64_t(vocab_size) + 1);
-    res.seconds_sa = seconds_since(t0);
-    // The separator is the largest symbol, so its suffixes are the last seps.size() entries: the
-    // filter needs no look at the text.
-    uint64_t kept = 0;
-    for (uint64_t i = 0; i < n - seps.size(); ++i) {
-      const Idx q = sa[i];
-      if (q < owned_end) sa[kept++] = q;
-    }
-    FileWriter out(dir / kSa, make_header(FileKind::SuffixArray, kept, width));
-    if (width == sizeof(Idx)) {
-      out.write(sa.span(kept));
-    } else {
-      std::vector<uint8_t> buf;
-      constexpr uint64_t kChunk = 1 << 20;
-      for (uint64_t i = 0; i < kept; i += kChunk) {
-        const uint64_t len = std::min(kChunk, kept - i);
-        buf.resize(len * width);
-        for (uint64_t j = 0; j < len; ++j) {
-          const uint64_t v = sa[i + j];
-          std::memcpy(&buf[j * width], &v, width);
-        }
-        out.write(buf.data(), buf.size());
-      }
-    }
-    auto [hash, bytes] = out.commit();
-    res.files.push_back({kSa, bytes, hash});
-    res.suffixes = kept;
-  };
-  if (n < UINT32_MAX)
-    sort_and_write(uint32_t{});
-  else
-    sort_and_write(uint64_t{});
-  res.sa_width = width;
-  res.text_tokens = n;
-
+  // The text, bucket starts and separators first: their files do not depend on the suffix array.
   {
     FileHeader h = make_header(FileKind::Tokens, n, sizeof(T), vocab_size);
     h.aux64[0] = stream_start;
@@ -451,18 +414,54 @@ ShardBuildResult build_shard(std::span<const T> text, const fs::path& dir, uint6
     auto [hash, bytes] = out.commit();
     res.files.push_back({kSeps, bytes, hash});
   }
-  {
-    IndexFile sa_file(dir / kSa, FileKind::SuffixArray);
-    PackedArray sa(sa_file.payload(), sa_file.header().count, width);
-    auto [hash, bytes] = RangeMin::write(dir / kRmq, sa);
-    res.files.push_back({kRmq, bytes, hash});
-  }
-  if (!windows.empty()) {
+
+  // Suffix array, then keep owned, non-separator suffixes only. The structures over it (range
+  // minima, windows) are built from memory, not read back from the file just written.
+  const unsigned width = bytes_for(n == 0 ? 0 : n - 1);
+  auto sort_and_write = [&]<class Idx>(Idx) {
+    HugeArray<Idx> sa(n);
     const auto t0 = std::chrono::steady_clock::now();
-    Shard shard(dir, vocab_size, sizeof(T));
-    for (const auto& spec : windows) res.files.push_back(shard.add_windows(spec));
-    res.seconds_windows = seconds_since(t0);
-  }
+    suffix_array<T, Idx>(text.data(), sa.data(), n, uint64_t(vocab_size) + 1);
+    res.seconds_sa = seconds_since(t0);
+    // The separator is the largest symbol, so its suffixes are the last seps.size() entries: the
+    // filter needs no look at the text.
+    uint64_t kept = 0;
+    for (uint64_t i = 0; i < n - seps.size(); ++i) {
+      const Idx q = sa[i];
+      if (q < owned_end) sa[kept++] = q;
+    }
+    // Pack to `width` bytes per entry in place: entry i lands at or before where it was read.
+    auto* packed = reinterpret_cast<uint8_t*>(sa.data());
+    if (width < sizeof(Idx)) {
+      for (uint64_t i = 0; i < kept; ++i) {
+        Idx v;
+        std::memcpy(&v, packed + i * sizeof(Idx), sizeof(Idx));
+        std::memcpy(packed + i * width, &v, width);
+      }
+    }
+    const PackedArray view(packed, kept, width);
+    {
+      FileWriter out(dir / kSa, make_header(FileKind::SuffixArray, kept, width));
+      out.write(packed, kept * width);
+      auto [hash, bytes] = out.commit();
+      res.files.push_back({kSa, bytes, hash});
+    }
+    auto [hash, bytes] = RangeMin::write(dir / kRmq, view);
+    res.files.push_back({kRmq, bytes, hash});
+    res.suffixes = kept;
+    if (!windows.empty()) {
+      const auto t1 = std::chrono::steady_clock::now();
+      Shard shard(dir, vocab_size, sizeof(T));
+      for (const auto& spec : windows) res.files.push_back(shard.add_windows(spec, view));
+      res.seconds_windows = seconds_since(t1);
+    }
+  };
+  if (n < UINT32_MAX)
+    sort_and_write(uint32_t{});
+  else
+    sort_and_write(uint64_t{});
+  res.sa_width = width;
+  res.text_tokens = n;
   res.seconds_total = seconds_since(t_start);
   return res;
 }

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -101,6 +102,12 @@ class IndexFile {
 
 // Writes header + payload to `path.tmp`, hashing the payload; commit() fsyncs and renames.
 // A writer destroyed without commit() removes its temporary file.
+//
+// Writes bypass the page cache (O_DIRECT, 4 MiB aligned blocks; the last block is padded and the
+// file truncated to its size) where the file system allows it, else go through it. Index files are
+// written once and read much later, often by other processes: buffered writes of gigabytes only
+// fill the page cache and get throttled to the kernel's writeback pace (on the development VM,
+// ~0.3 GB/s buffered against ~1.3 GB/s direct).
 class FileWriter {
  public:
   FileWriter(const fs::path& path, FileHeader header);
@@ -116,11 +123,18 @@ class FileWriter {
   std::pair<uint64_t, uint64_t> commit();
 
  private:
-  void flush();
+  static constexpr size_t kAlign = 4096, kBuffer = size_t(4) << 20;
+  struct Free {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  void flush(size_t len);
+  void write_all(const uint8_t* p, size_t len);
   fs::path path_, tmp_;
   int fd_ = -1;
+  bool direct_ = false;
   Xxh64 hash_;
-  std::vector<uint8_t> buf_;
+  std::unique_ptr<uint8_t, Free> buf_;
+  size_t used_ = 0;
   uint64_t written_ = 0;
   bool committed_ = false;
 };

@@ -78,8 +78,10 @@ class Shard {
   void copy_stream(uint64_t t0, uint64_t t1, uint32_t* out) const;
   std::vector<std::string> window_names() const;
 
-  // Builds the window structure `spec` for an existing shard (or one being built).
+  // Builds the window structure `spec` for an existing shard (or one being built), reading its
+  // suffix array from the file or, during a build, from `sa` (the same array, still in memory).
   FileRecord add_windows(const WindowSpec& spec) const;
+  FileRecord add_windows(const WindowSpec& spec, const PackedArray& sa) const;
 
  private:
   template <class T>
