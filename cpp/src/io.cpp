@@ -254,22 +254,22 @@ void FileWriter::write_all(const uint8_t* p, size_t left) {
   while (left > 0) {
     ssize_t n = ::write(fd_, p, left);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EINVAL && direct_) {
-      // The file system refused direct I/O after all: carry on through the page cache.
-      direct_ = false;
-      if (::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_DIRECT) != 0)
-        throw IndexFileError(errno_text("cannot write", tmp_));
+    if (n < 0 && errno == EINVAL && direct_) {  // the file system refused direct I/O after all
+      leave_direct();
       continue;
     }
     if (n < 0) throw IndexFileError(errno_text("cannot write", tmp_));
     p += n;
     left -= static_cast<size_t>(n);
-    if (left % kAlign != 0 && direct_) {  // a short write left an unaligned rest: finish buffered
-      direct_ = false;
-      if (::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_DIRECT) != 0)
-        throw IndexFileError(errno_text("cannot write", tmp_));
-    }
+    if (left % kAlign != 0 && direct_) leave_direct();  // a short write left an unaligned rest
   }
+}
+
+// Carries on through the page cache.
+void FileWriter::leave_direct() {
+  direct_ = false;
+  if (::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_DIRECT) != 0)
+    throw IndexFileError(errno_text("cannot write", tmp_));
 }
 
 // Writes the first `len` buffered bytes (a multiple of kAlign, or the padded last block).

@@ -129,6 +129,7 @@ class FileWriter {
   };
   void flush(size_t len);
   void write_all(const uint8_t* p, size_t len);
+  void leave_direct();
   fs::path path_, tmp_;
   int fd_ = -1;
   bool direct_ = false;

@@ -15,9 +15,10 @@ from exposure.scoring.batching import Batch, make_batch
 from exposure.scoring.pairs import EncodedPairs
 
 LOGIT_TILES = {"cuda": (1 << 26, None), "cpu": (1 << 20, 1 << 10)}
-"""Logits computed at once, by device type: (elements, vocabulary columns; None: the whole vocabulary). On a GPU big blocks keep it busy (256 MiB in float32). On a CPU a tile of 1,024 rows x 1,024 vocabulary columns
-(4 MiB) with a running logsumexp across the vocabulary is about twice as fast as whole-vocabulary blocks of the same
-or larger size (12,829 rows x 50k vocabulary x 64: 1.0-1.4 s instead of 2.3-2.9 s, same run)."""
+"""Logits computed at once, by device type: (elements, vocabulary columns; None: the whole vocabulary). On a GPU
+big blocks keep it busy (256 MiB in float32). On a CPU, tiles of 1,024 rows x 1,024 vocabulary columns (4 MiB) with
+a running logsumexp across the vocabulary are about twice as fast as whole-vocabulary blocks of the same or larger
+size (12,829 rows x 50k vocabulary x 64: 1.0-1.4 s instead of 2.3-2.9 s, same run)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class PrefixNormalizers:
         tokens, rows = tokens[new], first[new]  # one row per token never scored
         prefixes, first_p = np.unique(prefix[rows], return_index=True)
         fresh = ~self.normalized[prefixes]
-        full = first_p[fresh]  # positions in `rows` that get a full row: one per new prefix
+        full = first_p[fresh]  # positions in `rows` whose prefix gets its normalizer: one per new prefix
         new_lse = logsumexp_rows(head, hidden[torch.from_numpy(rows[full]).to(device)])
         self.lse[torch.from_numpy(prefixes[fresh]).to(device)] = new_lse
         self.normalized[prefixes[fresh]] = True
