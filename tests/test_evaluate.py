@@ -480,3 +480,22 @@ def test_tiled_logsumexp_equals_logsumexp(
         half = forward.logsumexp_rows(head.to(torch.bfloat16), hidden.to(torch.bfloat16))
         assert half.dtype == torch.float32
         torch.testing.assert_close(half, want, rtol=0, atol=0.1)
+
+
+def test_tiled_logsumexp_recovers_from_overflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A logit far above the first tile's maximum overflows the fast path; those rows are computed again exactly."""
+    from exposure.scoring import forward
+
+    torch.manual_seed(2)
+    head = torch.nn.Linear(16, 2500)
+    hidden = torch.randn(40, 16) * 3
+    with torch.no_grad():
+        head.weight[2400] = 30 * hidden[5] / hidden[5].norm()  # row 5 (and rows alike) peak in the last tile
+    monkeypatch.setitem(forward.LOGIT_TILES, "cpu", (8 * 1024, 1024))
+    with torch.inference_mode():
+        want = torch.logsumexp(head(hidden).double(), dim=1).float()
+        fast = forward._tiled_logsumexp(head.weight, head.bias, hidden, running=False)
+        overflowed = ~torch.isfinite(fast)
+        assert overflowed[5] and not overflowed.all()  # the case is exercised, and only for some rows
+        torch.testing.assert_close(fast[~overflowed], want[~overflowed], rtol=0, atol=2e-5)
+        torch.testing.assert_close(forward.logsumexp_rows(head, hidden), want, rtol=0, atol=2e-5)

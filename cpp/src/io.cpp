@@ -189,11 +189,13 @@ IndexFile::IndexFile(const fs::path& path, FileKind kind) : file_(path) {
 
 template <class T>
 HugeArray<T>::HugeArray(size_t n) : n_(n) {
-  constexpr size_t kHuge = size_t(2) << 20;
-  bytes_ = std::max<size_t>(kHuge, (n * sizeof(T) + kHuge - 1) / kHuge * kHuge);
+  constexpr size_t kPage = 4096, kHuge = size_t(2) << 20;
+  const size_t want = std::max<size_t>(n * sizeof(T), 1);
+  const size_t unit = want >= kHuge ? kHuge : kPage;
+  bytes_ = (want + unit - 1) / unit * unit;
   void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
-  ::madvise(p, bytes_, MADV_HUGEPAGE);  // a hint: without THP it is plain memory
+  if (unit == kHuge) ::madvise(p, bytes_, MADV_HUGEPAGE);  // a hint: without THP it is plain memory
   p_ = static_cast<T*>(p);
 }
 

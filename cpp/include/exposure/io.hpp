@@ -140,8 +140,9 @@ class FileWriter {
   bool committed_ = false;
 };
 
-// An uninitialised array in anonymous memory that asks for transparent huge pages: suffix
-// sorting touches it at random, and 2 MiB pages spare most TLB misses. Move-only.
+// A zero-filled array in anonymous memory that asks for transparent huge pages when it spans at
+// least one (2 MiB): suffix sorting touches it at random, and huge pages spare most TLB misses.
+// Move-only.
 template <class T>
 class HugeArray {
  public:
@@ -155,6 +156,7 @@ class HugeArray {
   const T* data() const { return p_; }
   size_t size() const { return n_; }
   T& operator[](size_t i) { return p_[i]; }
+  const T& operator[](size_t i) const { return p_[i]; }
   std::span<const T> span(size_t len) const { return {p_, len}; }
 
  private:

@@ -19,19 +19,22 @@
 #include <stdexcept>
 #include <vector>
 
+#include "exposure/io.hpp"
+
 namespace exposure {
 
 namespace detail {
 
+// In huge pages: the compaction after the first induction reads it at random.
 class TypeBits {  // S-type = 1, L-type = 0
  public:
-  explicit TypeBits(size_t n) : w_((n + 64) / 64, 0) {}
+  explicit TypeBits(size_t n) : w_((n + 64) / 64) {}
   bool s(size_t i) const { return (w_[i >> 6] >> (i & 63)) & 1; }
   void set_s(size_t i) { w_[i >> 6] |= uint64_t(1) << (i & 63); }
   void prefetch(size_t i) const { __builtin_prefetch(&w_[i >> 6]); }
 
  private:
-  std::vector<uint64_t> w_;
+  HugeArray<uint64_t> w_;  // zero-filled: every position starts L-type
 };
 
 template <class Char, class Idx>

@@ -16,9 +16,10 @@ from exposure.scoring.pairs import EncodedPairs
 
 LOGIT_TILES = {"cuda": (1 << 26, None), "cpu": (1 << 20, 1 << 10)}
 """Logits computed at once, by device type: (elements, vocabulary columns; None: the whole vocabulary). On a GPU
-big blocks keep it busy (256 MiB in float32). On a CPU, tiles of 1,024 rows x 1,024 vocabulary columns (4 MiB) with
-a running logsumexp across the vocabulary are about twice as fast as whole-vocabulary blocks of the same or larger
-size (12,829 rows x 50k vocabulary x 64: 1.0-1.4 s instead of 2.3-2.9 s, same run)."""
+big blocks keep it busy (256 MiB in float32). On a CPU, tiles of 1,024 rows x 1,024 vocabulary columns (4 MiB) are
+about twice as fast as whole-vocabulary blocks of the same or larger size (12,829 rows x 50k vocabulary x 64: 1.0-1.4 s
+instead of 2.3-2.9 s, 2026-12-01; with the first tile's maximum as the shift instead of a running maximum, 0.46 s
+instead of 0.52 s on 2026-12-02's machine; 1,024 x 512 and 2,048 x 256 tiles were no faster end to end)."""
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,26 @@ class CheckpointScores:
 
 
 def logsumexp_rows(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """``logsumexp(head(hidden))`` row by row, float32, tile by tile (:data:`LOGIT_TILES`) with a running maximum
-    and sum across the vocabulary, so no row's full logits are ever held at once."""
+    """``logsumexp(head(hidden))`` row by row, float32, tile by tile (:data:`LOGIT_TILES`), so no row's full logits
+    are ever held at once.
+
+    Each row's exponentials are taken relative to the maximum of its first vocabulary tile, which saves a pass per
+    tile over a running maximum. A row whose sum overflows float32 (a later logit more than ~88 above that maximum)
+    is computed again with a running maximum."""
     weight: torch.Tensor = getattr(head, "weight")  # noqa: B009 (typed access to a Module attribute)
     bias: torch.Tensor | None = getattr(head, "bias", None)
+    lse = _tiled_logsumexp(weight, bias, hidden, running=False)
+    overflow = ~torch.isfinite(lse)
+    if bool(overflow.any()):
+        lse[overflow] = _tiled_logsumexp(weight, bias, hidden[overflow], running=True)
+    return lse
+
+
+def _tiled_logsumexp(
+    weight: torch.Tensor, bias: torch.Tensor | None, hidden: torch.Tensor, running: bool
+) -> torch.Tensor:
+    """``shift + log(sum(exp(logit - shift)))`` over vocabulary tiles; ``shift``: each row's maximum in the first
+    tile, or (``running``) its maximum so far, the sum being rescaled whenever it grows."""
     vocab = int(weight.shape[0])
     elements, columns = LOGIT_TILES.get(hidden.device.type, LOGIT_TILES["cuda"])
     columns = vocab if columns is None else min(columns, vocab)
@@ -50,10 +67,12 @@ def logsumexp_rows(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         for v in range(0, vocab, columns):
             b = None if bias is None else bias[v : v + columns]
             logits = torch.nn.functional.linear(h, weight[v : v + columns], b).float()
-            new_peak = torch.maximum(peak, logits.amax(dim=1))
+            if running or v == 0:
+                new_peak = torch.maximum(peak, logits.amax(dim=1))
+                total.mul_((peak - new_peak).exp_())
+                peak = new_peak
             # in place: a second tile-sized tensor (as log_softmax writes) costs more than the exponentials
-            total.mul_((peak - new_peak).exp_()).add_(logits.sub_(new_peak[:, None]).exp_().sum(dim=1))
-            peak = new_peak
+            total.add_(logits.sub_(peak[:, None]).exp_().sum(dim=1))
         lse[start : start + step] = peak + total.log()
     return lse
 
