@@ -354,6 +354,22 @@ def test_manifest_records_sizes_and_checksums(tmp_path):
     assert s["sa_width"] == 2  # 3000 + 24 separators < 2^16: two-byte pointers
 
 
+
+def test_page_cache_writes_equal_direct_writes(tmp_path, monkeypatch):
+    """EXPOSURE_DIRECT_IO=0 (the path taken where the file system refuses direct I/O) writes the same files."""
+    stream = np.random.default_rng(4).integers(0, 3000, 1_500_001).astype(np.uint16)  # files of ~1.5-6 MB, odd tails
+    kw = dict(vocab_size=3000, item_length=2049, shard_tokens=900_000, windows={"w": [0, 10**5, 10**6]})
+    direct = build(tmp_path, stream, "direct", **kw)
+    monkeypatch.setenv("EXPOSURE_DIRECT_IO", "0")
+    cached = build(tmp_path, stream, "cached", **kw)
+    assert [s["files"] for s in cached.manifest["shards"]] == [s["files"] for s in direct.manifest["shards"]]
+    for s in direct.manifest["shards"]:
+        for name in s["files"]:
+            a, b = (tmp_path / d / s["dir"] / name for d in ("direct", "cached"))
+            assert a.read_bytes() == b.read_bytes(), name
+    phrase = [stream[5:8]]
+    assert cached.count(phrase)[0] == direct.count(phrase)[0] >= 1
+
 # --------------------------------------------------------------------------- distributed build
 @pytest.mark.parametrize("variable_items", [False, True])
 def test_parts_built_separately_assemble_into_one_index(tmp_path, variable_items):
