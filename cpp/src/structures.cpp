@@ -186,21 +186,21 @@ std::pair<uint64_t, uint64_t> WaveletMatrix::write(const fs::path& path, std::ve
     }
     out.write(lines.data(), lines.size() * sizeof(Line));
     zeros[lv] = n - ones;
-    // Stable partition by the bit, branch-free, in two passes: each writes every element at its
-    // side's cursor and advances the cursor only for its own side, so a stray write is always
-    // overwritten later (by the next element of that side, or by the ones' pass).
-    Sym* dst = nxt.data();
-    uint64_t zi = 0;
+    // Stable partition by the bit in one pass, without unpredictable branches: every element is
+    // written at both sides' cursors and advances only its own side's. Its write on the other side
+    // lands on a slot that side has not filled yet (that cursor is short of its end), which the next
+    // element of that side overwrites.
+    const uint64_t nz = zeros[lv], no = n - nz;
+    Sym* const zdst = nxt.data();
+    Sym* const odst = nxt.data() + nz;
+    uint64_t zi = 0, oi = 0;
     for (uint64_t i = 0; i < n; ++i) {
       const Sym v = cur[i];
-      if (zi < n) dst[zi] = v;
-      zi += 1 - ((v >> bit) & 1);
-    }
-    uint64_t oi = zeros[lv];
-    for (uint64_t i = 0; i < n; ++i) {
-      const Sym v = cur[i];
-      if (oi < n) dst[oi] = v;
-      oi += (v >> bit) & 1;
+      const uint64_t b = (v >> bit) & 1;
+      if (zi < nz) zdst[zi] = v;
+      if (oi < no) odst[oi] = v;
+      zi += 1 - b;
+      oi += b;
     }
     cur.swap(nxt);
   }
