@@ -13,8 +13,9 @@ score the same sentences in the same run:
   tokenizer into ``HFLM``, then scoring.
 
 Reported: pairs/second of each, end to end and scoring only (ours: after the model is loaded; peer:
-``loglikelihood``), the ratios, and equality of results (max |logp difference|, agreement of ``correct``). Needs ``pip install --no-deps lm-eval==0.4.13`` plus its import-time needs (accelerate, requests,
-urllib3, certifi, sqlitedict, ... whatever ``python -c 'from lm_eval.models.huggingface import HFLM'`` asks for).
+``loglikelihood``), the ratios, and equality of results (max |logp difference|, agreement of ``correct``).
+Needs ``pip install --no-deps lm-eval==0.4.13`` plus its import-time needs (accelerate, requests, urllib3,
+certifi, sqlitedict, ... whatever ``python -c 'from lm_eval.models.huggingface import HFLM'`` asks for).
 
     PYTHONPATH=python .venv/bin/python benchmarks/bench_eval.py --shape tiny --pairs 1340
     PYTHONPATH=python .venv/bin/python benchmarks/bench_eval.py --shape pythia-160m --pairs 335 --peer-batch-sizes 1,32

@@ -354,7 +354,6 @@ def test_manifest_records_sizes_and_checksums(tmp_path):
     assert s["sa_width"] == 2  # 3000 + 24 separators < 2^16: two-byte pointers
 
 
-
 def test_page_cache_writes_equal_direct_writes(tmp_path, monkeypatch):
     """EXPOSURE_DIRECT_IO=0 (the path taken where the file system refuses direct I/O) writes the same files."""
     stream = np.random.default_rng(4).integers(0, 3000, 1_500_001).astype(np.uint16)  # files of ~1.5-6 MB, odd tails
@@ -369,6 +368,7 @@ def test_page_cache_writes_equal_direct_writes(tmp_path, monkeypatch):
             assert a.read_bytes() == b.read_bytes(), name
     phrase = [stream[5:8]]
     assert cached.count(phrase)[0] == direct.count(phrase)[0] >= 1
+
 
 # --------------------------------------------------------------------------- distributed build
 @pytest.mark.parametrize("variable_items", [False, True])
