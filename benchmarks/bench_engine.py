@@ -10,7 +10,8 @@ In one run:
 1. generates ``corpus.realistic_stream(n)`` (Zipf ids, phrase-level Markov structure, ~7 % duplicated
    documents) and writes it as a raw uint16 file of 2049-token items (Pythia-like);
 2. builds our index in a child process (peak RSS = the child's), with the 154 Pythia checkpoint
-   windows scaled to the stream; builds two adversarial streams (one 100k-token document repeated
+   windows scaled to the stream, ``--build-repeats`` times (each engine's fastest build is kept, its
+   peers' too: on this shared machine one build's time moves by 10-30 %); builds two adversarial streams (one 100k-token document repeated
    n/100k times, one document per item; a single token repeated min(10^7, n) times as one item)
    and reports their build time per token relative to the realistic stream of the same length;
 3. queries our index (warm): batched count throughput, and per-query latency (median / p99, one
@@ -211,6 +212,14 @@ def build_ours(work: Path, name: str, tokens: Path, n: int, item_length: int | N
     return res
 
 
+def fastest(builds: list[dict]) -> dict:
+    """The fastest successful build (the first one if none succeeded), with every build's time."""
+    ok = [b for b in builds if b.get("ok")]
+    best = dict(min(ok, key=lambda b: b["seconds"]) if ok else builds[0])
+    best["all_seconds"] = [b.get("seconds") for b in builds]
+    return best
+
+
 def _read_result(path: Path, child: dict) -> dict:
     try:
         res = json.loads(path.read_text())
@@ -350,14 +359,21 @@ def run_peers(args, work: Path, tokens: Path, phrase_file: Path, answers: dict, 
         d = work / f"peer-{name}"
         shutil.rmtree(d, ignore_errors=True)
         common = ["--out-dir", str(d), "--threads", str(args.threads), "--budget", str(args.peer_budget)]
-        print(f"[bench] {name}: build", flush=True)
-        rj = work / f"peer-{name}.build.json"
-        child = run_child([py, str(PEERS_PY), build_step, *common, *extra, "--result", str(rj)],
-                          args.peer_timeout, work / f"peer-{name}.build.log", env)
-        b = _read_result(rj, child)
-        if b.get("ok"):
-            b["peak_rss_bytes"] = _peak_rss(b, child)
-            b["peak_rss_note"] = "max of the build process's VmHWM and the sampled (50 ms) RSS sum of its process tree"
+        builds = []
+        for k in range(args.build_repeats):  # the last build's index answers the queries
+            print(f"[bench] {name}: build ({k + 1}/{args.build_repeats})", flush=True)
+            shutil.rmtree(d, ignore_errors=True)
+            rj = work / f"peer-{name}.build.json"
+            child = run_child([py, str(PEERS_PY), build_step, *common, *extra, "--result", str(rj)],
+                              args.peer_timeout, work / f"peer-{name}.build.log", env)
+            b = _read_result(rj, child)
+            if b.get("ok"):
+                b["peak_rss_bytes"] = _peak_rss(b, child)
+                b["peak_rss_note"] = "max of the build process's VmHWM and the sampled (50 ms) RSS sum of its process tree"
+            builds.append(b)
+            if not b.get("ok"):
+                break
+        b = fastest(builds) if builds[-1].get("ok") else builds[-1]
         entry = {"build": b}
         if b.get("ok"):
             print(f"[bench] {name}: queries", flush=True)
@@ -492,6 +508,9 @@ def print_table(res: dict) -> None:
           "batch count, so theirs is a loop of single calls. Latencies: one phrase per call, warm, perf_counter_ns "
           "around the call (peers get the phrase as a list of ints, ours as a numpy array). First occurrence: ours "
           "first_position(); tokengrams min(positions()); infini-gram find() + min over the suffix-array range.")
+    times = {"ours": res["ours"]["build"].get("all_seconds")}
+    times.update({n: p.get("build", {}).get("all_seconds") for n, p in res.get("peers", {}).items()})
+    print("build times (s), fastest kept: " + "; ".join(f"{n} {t}" for n, t in times.items() if t))
     adv = res["ours"].get("adversarial", {})
     if adv:
         print()
@@ -540,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer-timeout", type=float, default=3600, help="seconds per peer subprocess")
     ap.add_argument("--peer-budget", type=float, default=60, help="seconds per timed peer query loop at most")
     ap.add_argument("--build-timeout", type=float, default=3600, help="seconds per build of ours")
+    ap.add_argument("--build-repeats", type=int, default=2,
+                    help="builds per engine, fastest kept (this shared machine's noise is larger than a build's)")
     ap.add_argument("--no-adversarial", dest="adversarial", action="store_false", default=True)
     ap.add_argument("--out", type=Path, default=None, help="write the results (JSON) here")
     ap.add_argument("--workdir", type=Path, default=None, help="where the stream and indexes go (default: a temp dir)")
@@ -548,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.tokens < 10_000:
         ap.error("--tokens must be at least 10000")
+    if args.build_repeats < 1:
+        ap.error("--build-repeats must be at least 1")
 
     sys.path.insert(0, str(HERE))
     import corpus
@@ -581,8 +604,13 @@ def main(argv: list[str] | None = None) -> int:
 
         # 2. our build
         print("[bench] ours: build", flush=True)
-        b = build_ours(work, "realistic", tokens, n, ITEM, args)
-        created.append(Path(b["index_dir"]))
+        builds = [build_ours(work, "realistic", tokens, n, ITEM, args)]
+        created.append(Path(builds[0]["index_dir"]))
+        for k in range(1, args.build_repeats):  # timed only; the first build's index answers the queries
+            print(f"[bench] ours: build ({k + 1}/{args.build_repeats})", flush=True)
+            builds.append(build_ours(work, f"realistic-{k}", tokens, n, ITEM, args))
+            shutil.rmtree(builds[-1]["index_dir"], ignore_errors=True)
+        b = {**fastest(builds), "index_dir": builds[0]["index_dir"]}
         res["ours"]["build"] = b
         if not b.get("ok"):
             raise RuntimeError(f"our build failed: {b.get('error')}\n{b.get('traceback', b.get('output_tail', ''))}")
