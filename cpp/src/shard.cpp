@@ -1,8 +1,10 @@
 #include "exposure/shard.hpp"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <chrono>
+#include <future>
 #include <stdexcept>
 
 #include "exposure/sais.hpp"
@@ -18,6 +20,13 @@ constexpr const char* kRmq = "rmq.bin";
 constexpr const char* kSeps = "separators.bin";
 
 std::string window_file(const std::string& name) { return "windows-" + name + ".bin"; }
+
+FileRecord write_file(const fs::path& dir, const char* name, FileHeader header, const void* data, size_t len) {
+  FileWriter out(dir / name, header);
+  out.write(data, len);
+  auto [hash, bytes] = out.commit();
+  return {name, bytes, hash};
+}
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -384,36 +393,26 @@ ShardBuildResult build_shard(std::span<const T> text, const fs::path& dir, uint6
   }
   const uint64_t stream_end = stream_start + owned_tokens;
 
-  // The text, bucket starts and separators first: their files do not depend on the suffix array.
-  {
-    FileHeader h = make_header(FileKind::Tokens, n, sizeof(T), vocab_size);
-    h.aux64[0] = stream_start;
-    h.aux64[1] = owned_end;
-    h.aux64[2] = stream_end;
-    FileWriter out(dir / kTokens, h);
-    out.write(text);
-    auto [hash, bytes] = out.commit();
-    res.files.push_back({kTokens, bytes, hash});
+  // Exclusive prefix sums; the last entry (the separator's, whose bucket is empty) is the total.
+  uint64_t sum = 0;
+  for (auto& c : first) {
+    const uint64_t k = c;
+    c = sum;
+    sum += k;
   }
-  {
-    // Exclusive prefix sums; the last entry (the separator's, whose bucket is empty) is the total.
-    uint64_t sum = 0;
-    for (auto& c : first) {
-      const uint64_t k = c;
-      c = sum;
-      sum += k;
-    }
-    FileWriter out(dir / kBuckets, make_header(FileKind::Buckets, first.size(), 8));
-    out.write(std::span<const uint64_t>(first));
-    auto [hash, bytes] = out.commit();
-    res.files.push_back({kBuckets, bytes, hash});
-  }
-  {
-    FileWriter out(dir / kSeps, make_header(FileKind::Separators, seps.size(), 8));
-    out.write(std::span<const uint64_t>(seps));
-    auto [hash, bytes] = out.commit();
-    res.files.push_back({kSeps, bytes, hash});
-  }
+  // The text, bucket starts and separators do not depend on the suffix array: they are written
+  // while it is sorted (a direct write leaves its thread waiting on the disk). The future is
+  // declared after what it reads, so an exception here waits for it before freeing those.
+  FileHeader th = make_header(FileKind::Tokens, n, sizeof(T), vocab_size);
+  th.aux64[0] = stream_start;
+  th.aux64[1] = owned_end;
+  th.aux64[2] = stream_end;
+  auto early = std::async(std::launch::async, [&] {
+    return std::array{
+        write_file(dir, kTokens, th, text.data(), text.size_bytes()),
+        write_file(dir, kBuckets, make_header(FileKind::Buckets, first.size(), 8), first.data(), 8 * first.size()),
+        write_file(dir, kSeps, make_header(FileKind::Separators, seps.size(), 8), seps.data(), 8 * seps.size())};
+  });
 
   // Suffix array, then keep owned, non-separator suffixes only. The structures over it (range
   // minima, windows) are built from memory, not read back from the file just written.
@@ -440,13 +439,13 @@ ShardBuildResult build_shard(std::span<const T> text, const fs::path& dir, uint6
       }
     }
     const PackedArray view(packed, kept, width);
-    {
-      FileWriter out(dir / kSa, make_header(FileKind::SuffixArray, kept, width));
-      out.write(packed, kept * width);
-      auto [hash, bytes] = out.commit();
-      res.files.push_back({kSa, bytes, hash});
-    }
+    // The suffix array file is written while the range minima are built from memory.
+    auto sa_file = std::async(std::launch::async, [&] {
+      return write_file(dir, kSa, make_header(FileKind::SuffixArray, kept, width), packed, kept * width);
+    });
     auto [hash, bytes] = RangeMin::write(dir / kRmq, view);
+    for (const FileRecord& r : early.get()) res.files.push_back(r);
+    res.files.push_back(sa_file.get());
     res.files.push_back({kRmq, bytes, hash});
     res.suffixes = kept;
     if (!windows.empty()) {
