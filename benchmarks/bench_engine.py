@@ -10,10 +10,11 @@ In one run:
 1. generates ``corpus.realistic_stream(n)`` (Zipf ids, phrase-level Markov structure, ~7 % duplicated
    documents) and writes it as a raw uint16 file of 2049-token items (Pythia-like);
 2. builds our index in a child process (peak RSS = the child's), with the 154 Pythia checkpoint
-   windows scaled to the stream, ``--build-repeats`` times (each engine's fastest build is kept, its
-   peers' too: on this shared machine one build's time moves by 10-30 %); builds two adversarial streams (one 100k-token document repeated
-   n/100k times, one document per item; a single token repeated min(10^7, n) times as one item)
-   and reports their build time per token relative to the realistic stream of the same length;
+   windows scaled to the stream, ``--build-repeats`` times (the fastest build is kept, for the peers
+   too: on this shared machine one build's time moves by 10-30 %); builds two adversarial streams
+   (one 100k-token document repeated n/100k times, one document per item; a single token repeated
+   min(10^7, n) times as one item) and reports their build time per token relative to the realistic
+   stream of the same length;
 3. queries our index (warm): batched count throughput, and per-query latency (median / p99, one
    phrase per call, ``time.perf_counter_ns``) of count, first_position and window_counts over the
    Pythia windows, for ordinary phrases (sampled from the stream) and very frequent ones (the most
@@ -560,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer-budget", type=float, default=60, help="seconds per timed peer query loop at most")
     ap.add_argument("--build-timeout", type=float, default=3600, help="seconds per build of ours")
     ap.add_argument("--build-repeats", type=int, default=2,
-                    help="builds per engine, fastest kept (this shared machine's noise is larger than a build's)")
+                    help="builds per engine, the fastest kept (one build's time here moves by 10-30 %%)")
     ap.add_argument("--no-adversarial", dest="adversarial", action="store_false", default=True)
     ap.add_argument("--out", type=Path, default=None, help="write the results (JSON) here")
     ap.add_argument("--workdir", type=Path, default=None, help="where the stream and indexes go (default: a temp dir)")

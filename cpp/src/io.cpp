@@ -290,14 +290,13 @@ void FileWriter::flush(size_t len) {
 }
 
 std::pair<uint64_t, uint64_t> FileWriter::commit() {
-  if (used_ > 0) {
-    size_t len = used_;
-    if (direct_) {  // direct I/O writes whole blocks: pad, then cut the file back to its size
-      len = (used_ + kAlign - 1) / kAlign * kAlign;
-      std::memset(buf_.get() + used_, 0, len - used_);
-    }
+  if (used_ > 0 && direct_) {  // direct I/O writes whole blocks: pad, then cut the file back to its size
+    const size_t len = (used_ + kAlign - 1) / kAlign * kAlign;
+    std::memset(buf_.get() + used_, 0, len - used_);
     flush(len);
     if (::ftruncate(fd_, static_cast<off_t>(written_)) != 0) throw IndexFileError(errno_text("cannot truncate", tmp_));
+  } else if (used_ > 0) {
+    flush(used_);
   }
   if (::fsync(fd_) != 0) throw IndexFileError(errno_text("cannot fsync", tmp_));
   ::close(fd_);

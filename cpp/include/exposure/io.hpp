@@ -157,7 +157,6 @@ class HugeArray {
   size_t size() const { return n_; }
   T& operator[](size_t i) { return p_[i]; }
   const T& operator[](size_t i) const { return p_[i]; }
-  std::span<const T> span(size_t len) const { return {p_, len}; }
 
  private:
   T* p_ = nullptr;
