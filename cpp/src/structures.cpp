@@ -3,9 +3,15 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <tmmintrin.h>
+#define EXPOSURE_SSSE3_DISPATCH 1
+#endif
 
 #include <algorithm>
+#include <array>
 #include <bit>
+#include <cstring>
 
 namespace exposure {
 
@@ -150,6 +156,58 @@ uint64_t bit_word(const Sym* p, uint64_t count, unsigned bit) {
   return w;
 }
 
+// Stable partition of one word's `count` symbols at cur[a, a + count) by their bits in `w`:
+// zeros go to zeros[zi...], ones to cur[oi...]. The ones move down in place: oi (ones before a)
+// <= a, so no symbol is overwritten before it is read. Branch-free: every symbol is written at
+// both cursors and advances only its own side's; the other write lands on a free slot that side
+// fills later.
+template <class Sym>
+void partition_word(Sym* cur, uint64_t a, uint64_t count, uint64_t w, Sym* zeros, uint64_t& zi, uint64_t oi) {
+  for (uint64_t i = 0; i < count; ++i) {
+    const Sym v = cur[a + i];
+    const uint64_t b = (w >> i) & 1;
+    zeros[zi] = v;
+    cur[oi] = v;
+    zi += 1 - b;
+    oi += b;
+  }
+}
+
+#if defined(EXPOSURE_SSSE3_DISPATCH)
+// For each 8-bit mask: the byte positions of its zero bits, then (second table) of its one bits,
+// in order, as pshufb indices.
+struct CompactTables {
+  std::array<std::array<uint8_t, 8>, 256> zeros{}, ones{};
+  constexpr CompactTables() {
+    for (unsigned m = 0; m < 256; ++m) {
+      unsigned z = 0, o = 0;
+      for (uint8_t j = 0; j < 8; ++j) ((m >> j) & 1 ? ones[m][o++] : zeros[m][z++]) = j;
+    }
+  }
+};
+constexpr CompactTables kCompact;
+
+// partition_word for 64 byte symbols, 8 at a time: one shuffle per side compacts a group, an
+// 8-byte store writes it (its bytes past the group's count land on free slots, as above; both
+// stores end at or before a + 8 * (g + 1), so no unread group is touched).
+__attribute__((target("ssse3"))) void partition_word64_ssse3(uint8_t* cur, uint64_t a, uint64_t w, uint8_t* zeros,
+                                                             uint64_t& zi, uint64_t oi) {
+  for (unsigned g = 0; g < 8; ++g) {
+    const unsigned m = unsigned(w >> (8 * g)) & 0xFF;
+    const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(cur + a + 8 * g));
+    const __m128i z = _mm_shuffle_epi8(v, _mm_loadl_epi64(reinterpret_cast<const __m128i*>(kCompact.zeros[m].data())));
+    const __m128i o = _mm_shuffle_epi8(v, _mm_loadl_epi64(reinterpret_cast<const __m128i*>(kCompact.ones[m].data())));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(zeros + zi), z);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(cur + oi), o);
+    const unsigned c = unsigned(std::popcount(m));
+    zi += 8 - c;
+    oi += c;
+  }
+}
+
+const bool kHasSsse3 = __builtin_cpu_supports("ssse3");
+#endif
+
 }  // namespace
 
 template <class Sym>
@@ -172,8 +230,10 @@ std::pair<uint64_t, uint64_t> WaveletMatrix::write(const fs::path& path, std::ve
   std::vector<Line> lines(nlines);
   for (unsigned lv = 0; lv < levels; ++lv) {
     const unsigned bit = levels - 1 - lv;
-    uint64_t ones = 0;
-    for (uint64_t li = 0; li < nlines; ++li) {  // branch-free: the bits are unpredictable
+    // One pass per level: each word's bits go to its line and drive the stable partition of its
+    // symbols (zeros to the front of nxt, ones compacted to the front of cur, then appended).
+    uint64_t ones = 0, zi = 0;
+    for (uint64_t li = 0; li < nlines; ++li) {
       Line& ln = lines[li];
       ln.cum = ones;
       const uint64_t start = li * kBits;
@@ -181,27 +241,22 @@ std::pair<uint64_t, uint64_t> WaveletMatrix::write(const fs::path& path, std::ve
         const uint64_t a = std::min(n, start + 64 * wi), b = std::min(n, start + 64 * (wi + 1));
         const uint64_t w = bit_word(cur.data() + a, b - a, bit);
         ln.w[wi] = w;
-        ones += uint64_t(__builtin_popcountll(w));
+        bool done = false;
+#if defined(EXPOSURE_SSSE3_DISPATCH)
+        if constexpr (sizeof(Sym) == 1) {
+          if (b - a == 64 && kHasSsse3) {
+            partition_word64_ssse3(cur.data(), a, w, nxt.data(), zi, ones);
+            done = true;
+          }
+        }
+#endif
+        if (!done) partition_word(cur.data(), a, b - a, w, nxt.data(), zi, ones);
+        ones += uint64_t(std::popcount(w));
       }
     }
     out.write(lines.data(), lines.size() * sizeof(Line));
-    zeros[lv] = n - ones;
-    // Stable partition by the bit in one pass, without unpredictable branches: every element is
-    // written at both sides' cursors and advances only its own side's. Its write on the other side
-    // lands on a slot that side has not filled yet (that cursor is short of its end), which the next
-    // element of that side overwrites.
-    const uint64_t nz = zeros[lv], no = n - nz;
-    Sym* const zdst = nxt.data();
-    Sym* const odst = nxt.data() + nz;
-    uint64_t zi = 0, oi = 0;
-    for (uint64_t i = 0; i < n; ++i) {
-      const Sym v = cur[i];
-      const uint64_t b = (v >> bit) & 1;
-      if (zi < nz) zdst[zi] = v;
-      if (oi < no) odst[oi] = v;
-      zi += 1 - b;
-      oi += b;
-    }
+    zeros[lv] = zi;
+    std::copy_n(cur.data(), ones, nxt.data() + zi);
     cur.swap(nxt);
   }
   out.write(zeros.data(), 8 * zeros.size());
