@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 from transformers import PreTrainedTokenizerFast
 
+from exposure import _core
 from exposure.cli import main as cli_main
 from exposure.evaluate import EvalError, evaluate_run, load_results
 from exposure.scoring import runs as runs_module
@@ -499,3 +500,62 @@ def test_tiled_logsumexp_recovers_from_overflow(monkeypatch: pytest.MonkeyPatch)
         assert overflowed[5] and not overflowed.all()  # the case is exercised, and only for some rows
         torch.testing.assert_close(fast[~overflowed], want[~overflowed], rtol=0, atol=2e-5)
         torch.testing.assert_close(forward.logsumexp_rows(head, hidden), want, rtol=0, atol=2e-5)
+
+
+@pytest.mark.skipif(not _core.OutputHead.supported(), reason="the C++ kernel needs x86-64 with AVX2 and FMA")
+@pytest.mark.parametrize("vocab,dim", [(1, 3), (17, 1), (2500, 16), (50304, 64)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_cpu_kernel_equals_logsumexp(vocab: int, dim: int, bias: bool) -> None:
+    """The C++ kernel (used for float32 heads on the CPU) against float64 logsumexp, through logsumexp_rows."""
+    from exposure.scoring import forward
+
+    torch.manual_seed(3)
+    head = torch.nn.Linear(dim, vocab, bias=bias)
+    hidden = torch.randn(103, dim) * 3  # 17 tiles of 6 rows + 1, two tasks of 96 rows
+    with torch.inference_mode():
+        kernel = forward.cpu_output_head(head)
+        assert kernel is not None and (kernel.vocab, kernel.dim) == (vocab, dim)
+        want = torch.logsumexp(head(hidden).double(), dim=1).float()
+        got = forward.logsumexp_rows(head, hidden, kernel)
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+        assert forward.logsumexp_rows(head, hidden[:0], kernel).shape == (0,)
+        assert forward.cpu_output_head(head.to(torch.bfloat16)) is None  # not float32: the torch path
+
+
+@pytest.mark.skipif(not _core.OutputHead.supported(), reason="the C++ kernel needs x86-64 with AVX2 and FMA")
+def test_cpu_kernel_overflow_and_nan_rows() -> None:
+    """A logit far above a row's first 128 is computed exactly; a NaN hidden state gives NaN, not a number."""
+    from exposure.scoring import forward
+
+    torch.manual_seed(4)
+    head = torch.nn.Linear(16, 2500)
+    hidden = torch.randn(40, 16) * 3
+    with torch.no_grad():
+        head.weight[2400] = 200 * hidden[5] / hidden[5].norm() ** 2  # row 5's logit 2400 is ~200 above the rest
+    with torch.inference_mode():
+        want = torch.logsumexp(head(hidden).double(), dim=1).float()
+        assert float(want[5]) > 150
+        kernel = forward.cpu_output_head(head)
+        torch.testing.assert_close(forward.logsumexp_rows(head, hidden, kernel), want, rtol=0, atol=2e-5)
+        hidden[7, 3] = float("nan")
+        got = forward.logsumexp_rows(head, hidden, kernel)
+        assert torch.isnan(got[7]) and int(torch.isnan(got).sum()) == 1
+
+
+def test_cpu_kernel_and_torch_path_give_the_same_scores(
+    monkeypatch: pytest.MonkeyPatch, neox: dict[str, Any], tmp_path: Path
+) -> None:
+    """The whole checkpoint scored with the C++ kernel and with the torch path: equal within float32 rounding."""
+    from exposure.scoring import forward
+
+    def scores(out: str) -> pa.Table:
+        return evaluate_run(neox["pairs"], neox["run"], tmp_path / out, checkpoints=[1], device="cpu", dtype="fp32",
+                            progress=False).scores(1)
+
+    monkeypatch.setattr(forward, "CPU_KERNEL", False)
+    torch_path = scores("torch")
+    monkeypatch.setattr(forward, "CPU_KERNEL", _core.OutputHead.supported())
+    kernel = scores("kernel")
+    for column in ("logp_good", "logp_bad"):
+        np.testing.assert_allclose(kernel.column(column).to_numpy(), torch_path.column(column).to_numpy(), rtol=0,
+                                   atol=1e-4)

@@ -1,11 +1,14 @@
 // Thin pybind11 layer over the library: numpy in and out without copies, the GIL released in
 // every call that does real work. Validation and user-facing messages live in python/exposure.
+#include <optional>
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <pybind11/stl/filesystem.h>
 
 #include "exposure/index.hpp"
+#include "exposure/logsumexp.hpp"
 #include "exposure/shard.hpp"
 
 namespace py = pybind11;
@@ -167,4 +170,31 @@ PYBIND11_MODULE(_core, m) {
           out.append(py::dict(py::arg("name") = f.name, py::arg("bytes") = f.bytes, py::arg("xxh64") = f.xxh64));
         return out;
       });
+
+  py::class_<OutputHead>(m, "OutputHead")
+      .def(py::init([](const CArray<float>& weight, std::optional<CArray<float>> bias) {
+             if (weight.ndim() != 2) throw std::invalid_argument("weight must be [vocab, dim]");
+             const size_t vocab = weight.shape(0), dim = weight.shape(1);
+             if (bias && (bias->ndim() != 1 || size_t(bias->shape(0)) != vocab))
+               throw std::invalid_argument("bias must be [vocab]");
+             return std::make_unique<OutputHead>(weight.data(), vocab, dim, bias ? bias->data() : nullptr);
+           }),
+           py::arg("weight"), py::arg("bias") = py::none())
+      .def_property_readonly("vocab", &OutputHead::vocab)
+      .def_property_readonly("dim", &OutputHead::dim)
+      .def_static("supported", &OutputHead::supported)
+      .def(
+          "logsumexp",
+          [](const OutputHead& head, const CArray<float>& hidden, unsigned threads) {
+            if (hidden.ndim() != 2 || size_t(hidden.shape(1)) != head.dim())
+              throw std::invalid_argument("hidden must be [rows, " + std::to_string(head.dim()) + "]");
+            const size_t rows = hidden.shape(0);
+            CArray<float> out(static_cast<py::ssize_t>(rows));
+            float* o = out.mutable_data();
+            const float* h = hidden.data();
+            py::gil_scoped_release release;
+            head.logsumexp(h, rows, o, threads);
+            return out;
+          },
+          py::arg("hidden"), py::arg("threads"));
 }

@@ -1,12 +1,14 @@
 // C++ unit tests for the engine library (run by ctest, also under ASan/UBSan in CI).
 // Every structure is checked against a brute-force reference on random and repetitive inputs.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -15,6 +17,7 @@
 
 #include "exposure/index.hpp"
 #include "exposure/io.hpp"
+#include "exposure/logsumexp.hpp"
 #include "exposure/sais.hpp"
 #include "exposure/shard.hpp"
 #include "exposure/structures.hpp"
@@ -327,6 +330,56 @@ void test_shard_queries_and_errors() {
   fs::remove_all(dir);
 }
 
+// The logsumexp kernel against a double-precision reference: ragged vocabularies (panel padding),
+// any dimension, row counts around the 6-row tiles and 96-row tasks, with and without bias; a
+// logit far above each row's first 128 (exact path), a NaN row, -inf bias entries.
+void test_output_head_logsumexp() {
+  if (!OutputHead::supported()) {
+    std::printf("(logsumexp kernel not supported on this CPU: skipped)\n");
+    return;
+  }
+  std::mt19937_64 rng(23);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  auto reference = [](const std::vector<float>& w, const std::vector<float>& b, const float* h, size_t vocab,
+                      size_t dim) {
+    std::vector<double> logits(vocab);
+    for (size_t v = 0; v < vocab; ++v) {
+      double x = b.empty() ? 0.0 : b[v];
+      for (size_t k = 0; k < dim; ++k) x += double(w[v * dim + k]) * h[k];
+      logits[v] = x;
+    }
+    const double peak = *std::max_element(logits.begin(), logits.end());
+    double sum = 0;
+    for (double x : logits) sum += std::exp(x - peak);
+    return peak + std::log(sum);
+  };
+  for (size_t vocab : {1ull, 15ull, 16ull, 17ull, 129ull, 1100ull, 2500ull})
+    for (size_t dim : {1ull, 7ull, 64ull})
+      for (size_t rows : {0ull, 1ull, 5ull, 6ull, 7ull, 97ull, 200ull})
+        for (bool bias : {false, true}) {
+          std::vector<float> w(vocab * dim), b(bias ? vocab : 0), h(rows * dim), out(rows, 0.f);
+          for (auto& x : w) x = normal(rng) * 0.5f;
+          for (auto& x : b) x = normal(rng);
+          for (auto& x : h) x = normal(rng) * 2.f;
+          if (bias && vocab > 3) b[vocab / 2] = -std::numeric_limits<float>::infinity();
+          if (rows > 3 && vocab > 200) {  // row 3 peaks ~300 above its first 128 logits
+            for (size_t k = 0; k < dim; ++k) w[(vocab - 1) * dim + k] = 300.f * h[3 * dim + k] / (4.f * float(dim));
+          }
+          OutputHead head(w.data(), vocab, dim, bias ? b.data() : nullptr);
+          head.logsumexp(h.data(), rows, out.data(), 2);
+          for (size_t i = 0; i < rows; ++i) {
+            const double want = reference(w, b, h.data() + i * dim, vocab, dim);
+            CHECK(std::abs(out[i] - want) <= 2e-5 * std::max(1.0, std::abs(want)));
+          }
+          if (rows > 1) {
+            h[dim] = std::numeric_limits<float>::quiet_NaN();
+            head.logsumexp(h.data(), rows, out.data(), 1);
+            CHECK(std::isnan(out[1]));
+            CHECK(!std::isnan(out[0]));
+          }
+        }
+}
+
 int main() {
   test_sais();
   test_sais_large();
@@ -335,6 +388,7 @@ int main() {
   test_range_min_and_wavelet();
   test_wavelet_levels();
   test_shard_queries_and_errors();
+  test_output_head_logsumexp();
   std::printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
   return g_failures == 0 ? 0 : 1;
 }

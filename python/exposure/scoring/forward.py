@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from exposure import _core
 from exposure.scoring.attention import AttentionRowRecorder, UnsupportedModelError
 from exposure.scoring.batching import Batch, make_batch
 from exposure.scoring.pairs import EncodedPairs
@@ -34,13 +35,39 @@ class CheckpointScores:
     states_overflow: int
 
 
-def logsumexp_rows(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+CPU_KERNEL = True
+"""Use the C++ kernel (:func:`cpu_output_head`) for float32 heads on the CPU where the processor has it; ``False``
+forces the torch path (tests compare both)."""
+
+
+def cpu_output_head(head: torch.nn.Module) -> _core.OutputHead | None:
+    """The output projection packed for the C++ logsumexp kernel (logits computed and exponentiated tile by tile in
+    registers, never written out: about 1.6x faster than the torch path for a 64-wide, 50k-vocabulary head), or
+    ``None`` where it does not apply: weights not float32 on the CPU, a processor without AVX2 and FMA, or
+    :data:`CPU_KERNEL` off."""
+    weight: torch.Tensor = getattr(head, "weight")  # noqa: B009
+    bias: torch.Tensor | None = getattr(head, "bias", None)
+    on_cpu_fp32 = [t.device.type == "cpu" and t.dtype == torch.float32 for t in (weight, bias) if t is not None]
+    if not (CPU_KERNEL and all(on_cpu_fp32) and _core.OutputHead.supported()):
+        return None
+    return _core.OutputHead(
+        weight.detach().contiguous().numpy(), None if bias is None else bias.detach().contiguous().numpy()
+    )
+
+
+def logsumexp_rows(
+    head: torch.nn.Module, hidden: torch.Tensor, kernel: _core.OutputHead | None = None
+) -> torch.Tensor:
     """``logsumexp(head(hidden))`` row by row, float32, tile by tile (:data:`LOGIT_TILES`), so no row's full logits
-    are ever held at once.
+    are ever held at once. With ``kernel`` (:func:`cpu_output_head` of ``head``) and float32 CPU rows, the C++
+    kernel computes it.
 
     Each row's exponentials are taken relative to the maximum of its first vocabulary tile, which saves a pass per
     tile over a running maximum. A row whose sum overflows float32 (a later logit more than ~88 above that maximum)
     is computed again with a running maximum."""
+    if kernel is not None and hidden.device.type == "cpu" and hidden.dtype == torch.float32:
+        rows = hidden.detach().contiguous().numpy()
+        return torch.from_numpy(kernel.logsumexp(rows, torch.get_num_threads()))
     weight: torch.Tensor = getattr(head, "weight")  # noqa: B009 (typed access to a Module attribute)
     bias: torch.Tensor | None = getattr(head, "bias", None)
     lse = _tiled_logsumexp(weight, bias, hidden, running=False)
@@ -101,6 +128,8 @@ class PrefixNormalizers:
         self.lse = torch.zeros(n_prefixes, dtype=torch.float32, device=device)
         self.scored = np.zeros(n_prefixes, dtype=bool)
         self.logp = torch.zeros(n_prefixes, dtype=torch.float32, device=device)
+        self.kernel: _core.OutputHead | None = None
+        self._kernel_for: torch.nn.Module | None = None
 
     def token_logprobs(
         self, head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, prefix: np.ndarray, after: np.ndarray
@@ -114,7 +143,9 @@ class PrefixNormalizers:
         prefixes, first_p = np.unique(prefix[rows], return_index=True)
         fresh = ~self.normalized[prefixes]
         full = first_p[fresh]  # positions in `rows` whose prefix gets its normalizer: one per new prefix
-        new_lse = logsumexp_rows(head, hidden[torch.from_numpy(rows[full]).to(device)])
+        if self._kernel_for is not head:
+            self.kernel, self._kernel_for = cpu_output_head(head), head
+        new_lse = logsumexp_rows(head, hidden[torch.from_numpy(rows[full]).to(device)], self.kernel)
         self.lse[torch.from_numpy(prefixes[fresh]).to(device)] = new_lse
         self.normalized[prefixes[fresh]] = True
         rows_t = torch.from_numpy(rows).to(device)

@@ -1,0 +1,224 @@
+#include "exposure/logsumexp.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <thread>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define EXPOSURE_AVX2_KERNEL 1
+#endif
+
+namespace exposure {
+
+namespace {
+
+constexpr size_t kCols = 16;       // vocabulary columns per panel (two 8-float registers)
+constexpr size_t kRows = 6;        // rows per register tile: 12 accumulators
+constexpr size_t kShiftPanels = 8;  // the shift: each row's maximum over the first 128 logits
+constexpr size_t kBlockPanels = 64;  // panels per column block (64 x dim x 16 floats: L2-sized for dim 64)
+constexpr size_t kBlockRows = 96;   // rows per thread task, a multiple of kRows
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+}  // namespace
+
+OutputHead::OutputHead(const float* weight, size_t vocab, size_t dim, const float* bias)
+    : vocab_(vocab), dim_(dim), panels_((vocab + kCols - 1) / kCols), w_(panels_ * dim * kCols, 0.f),
+      b_(panels_ * kCols, kNegInf) {
+  if (vocab == 0 || dim == 0) throw std::invalid_argument("output head with an empty vocabulary or dimension");
+  for (size_t v = 0; v < vocab; ++v) {
+    const size_t p = v / kCols, c = v % kCols;
+    for (size_t k = 0; k < dim; ++k) w_[(p * dim + k) * kCols + c] = weight[v * dim + k];
+    b_[v] = bias != nullptr ? bias[v] : 0.f;
+  }
+}
+
+float OutputHead::weight(size_t v, size_t k) const { return w_[((v / kCols) * dim_ + k) * kCols + v % kCols]; }
+
+float OutputHead::exact(const float* h) const {
+  double peak = -std::numeric_limits<double>::infinity(), sum = 0;
+  for (size_t v = 0; v < vocab_; ++v) {
+    double x = b_[v];
+    for (size_t k = 0; k < dim_; ++k) x += double(h[k]) * weight(v, k);
+    if (std::isnan(x)) return std::numeric_limits<float>::quiet_NaN();
+    if (x > peak) {
+      sum = sum * std::exp(peak - x) + 1;
+      peak = x;
+    } else {
+      sum += std::exp(x - peak);
+    }
+  }
+  return float(peak + std::log(sum));
+}
+
+#if defined(EXPOSURE_AVX2_KERNEL)
+
+namespace {
+
+// exp(x) for x <= 88.3; larger x give inf (from 88.4 on, a little early: such a row goes to the
+// exact path), NaN stays NaN, x below -87.3 gives 0. Cephes' expf: 2^n exp(r) with |r| <= ln2 / 2
+// and a degree-6 polynomial, relative error ~1e-7.
+__attribute__((target("avx2,fma"))) inline __m256 exp8(__m256 x) {
+  const __m256 low = _mm256_set1_ps(-87.3f);
+  const __m256 under = _mm256_cmp_ps(x, low, _CMP_LT_OQ);
+  x = _mm256_max_ps(low, x);  // max/min return their second operand when either is NaN
+  x = _mm256_min_ps(_mm256_set1_ps(89.f), x);  // n <= 128: 2^128 is the bit pattern of inf
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+// Logits (without bias) of kRows = 6 rows of h against one panel: acc[r][0..1] = 16 columns. The
+// twelve sums are named locals so that they stay in registers (with both weight vectors and the
+// broadcast: 15 of the 16), in a function of its own: inlined into the exponential loop, GCC
+// spills some (2x slower).
+__attribute__((target("avx2,fma"), noinline)) void tile(const float* h, size_t dim, const float* w,
+                                                     __m256 (&acc)[kRows][2]) {
+  static_assert(kRows == 6);
+  __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
+  __m256 a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
+  for (size_t k = 0; k < dim; ++k) {
+    const __m256 w0 = _mm256_loadu_ps(w + k * kCols), w1 = _mm256_loadu_ps(w + k * kCols + 8);
+    __m256 x = _mm256_broadcast_ss(h + k);
+    a00 = _mm256_fmadd_ps(x, w0, a00);
+    a01 = _mm256_fmadd_ps(x, w1, a01);
+    x = _mm256_broadcast_ss(h + dim + k);
+    a10 = _mm256_fmadd_ps(x, w0, a10);
+    a11 = _mm256_fmadd_ps(x, w1, a11);
+    x = _mm256_broadcast_ss(h + 2 * dim + k);
+    a20 = _mm256_fmadd_ps(x, w0, a20);
+    a21 = _mm256_fmadd_ps(x, w1, a21);
+    x = _mm256_broadcast_ss(h + 3 * dim + k);
+    a30 = _mm256_fmadd_ps(x, w0, a30);
+    a31 = _mm256_fmadd_ps(x, w1, a31);
+    x = _mm256_broadcast_ss(h + 4 * dim + k);
+    a40 = _mm256_fmadd_ps(x, w0, a40);
+    a41 = _mm256_fmadd_ps(x, w1, a41);
+    x = _mm256_broadcast_ss(h + 5 * dim + k);
+    a50 = _mm256_fmadd_ps(x, w0, a50);
+    a51 = _mm256_fmadd_ps(x, w1, a51);
+  }
+  acc[0][0] = a00, acc[0][1] = a01, acc[1][0] = a10, acc[1][1] = a11, acc[2][0] = a20, acc[2][1] = a21;
+  acc[3][0] = a30, acc[3][1] = a31, acc[4][0] = a40, acc[4][1] = a41, acc[5][0] = a50, acc[5][1] = a51;
+}
+
+__attribute__((target("avx2,fma"))) float hmax(__m256 v) {
+  alignas(32) float t[8];
+  _mm256_store_ps(t, v);
+  return *std::max_element(t, t + 8);
+}
+
+}  // namespace
+
+// `rows` <= kBlockRows rows of `hidden`, padded with zero rows to a multiple of kRows. Column
+// blocks outermost, so a block of W stays in cache while every row tile passes over it.
+__attribute__((target("avx2,fma"))) void OutputHead::block(const float* hidden, size_t rows, float* out) const {
+  // Exponentials are summed per lane in float32 within a column block (at most 128 per lane), then
+  // into a double per row.
+  float shift[kBlockRows];
+  double sums[kBlockRows];
+  const size_t tiles = (rows + kRows - 1) / kRows;
+  for (size_t c0 = 0; c0 < panels_; c0 += kBlockPanels) {
+    const size_t c1 = std::min(panels_, c0 + kBlockPanels);
+    for (size_t t = 0; t < tiles; ++t) {
+      const float* h = hidden + t * kRows * dim_;
+      __m256 acc[kRows][2], sum[kRows], sh[kRows];
+      size_t p = c0;
+      if (c0 == 0) {
+        // The first panels' logits are kept while their maximum (the shift) is found.
+        alignas(32) float kept[kShiftPanels][kRows][kCols];
+        const size_t first = std::min(kShiftPanels, panels_);
+        __m256 peak[kRows];
+        for (auto& m : peak) m = _mm256_set1_ps(kNegInf);
+        for (size_t q = 0; q < first; ++q) {
+          tile(h, dim_, w_.data() + q * dim_ * kCols, acc);
+          const __m256 b0 = _mm256_loadu_ps(b_.data() + q * kCols), b1 = _mm256_loadu_ps(b_.data() + q * kCols + 8);
+          for (size_t r = 0; r < kRows; ++r) {
+            const __m256 a0 = _mm256_add_ps(acc[r][0], b0), a1 = _mm256_add_ps(acc[r][1], b1);
+            _mm256_store_ps(kept[q][r], a0);
+            _mm256_store_ps(kept[q][r] + 8, a1);
+            peak[r] = _mm256_max_ps(peak[r], _mm256_max_ps(a0, a1));
+          }
+        }
+        for (size_t r = 0; r < kRows; ++r) {
+          shift[t * kRows + r] = hmax(peak[r]);
+          sh[r] = _mm256_set1_ps(shift[t * kRows + r]);
+          sum[r] = _mm256_setzero_ps();
+          for (size_t q = 0; q < first; ++q) {
+            sum[r] = _mm256_add_ps(sum[r], exp8(_mm256_sub_ps(_mm256_load_ps(kept[q][r]), sh[r])));
+            sum[r] = _mm256_add_ps(sum[r], exp8(_mm256_sub_ps(_mm256_load_ps(kept[q][r] + 8), sh[r])));
+          }
+        }
+        p = first;
+      } else {
+        for (size_t r = 0; r < kRows; ++r) {
+          sh[r] = _mm256_set1_ps(shift[t * kRows + r]);
+          sum[r] = _mm256_setzero_ps();
+        }
+      }
+      for (; p < c1; ++p) {
+        tile(h, dim_, w_.data() + p * dim_ * kCols, acc);
+        const __m256 b0 = _mm256_loadu_ps(b_.data() + p * kCols), b1 = _mm256_loadu_ps(b_.data() + p * kCols + 8);
+        for (size_t r = 0; r < kRows; ++r) {
+          sum[r] = _mm256_add_ps(sum[r], exp8(_mm256_sub_ps(_mm256_add_ps(acc[r][0], b0), sh[r])));
+          sum[r] = _mm256_add_ps(sum[r], exp8(_mm256_sub_ps(_mm256_add_ps(acc[r][1], b1), sh[r])));
+        }
+      }
+      for (size_t r = 0; r < kRows; ++r) {
+        alignas(32) float lanes[8];
+        _mm256_store_ps(lanes, sum[r]);
+        double& total = sums[t * kRows + r];
+        if (c0 == 0) total = 0;
+        for (float x : lanes) total += x;
+      }
+    }
+  }
+  for (size_t i = 0; i < rows; ++i) out[i] = float(shift[i] + std::log(sums[i]));
+}
+
+bool OutputHead::supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+
+#else
+
+void OutputHead::block(const float*, size_t, float*) const {}
+bool OutputHead::supported() { return false; }
+
+#endif
+
+void OutputHead::logsumexp(const float* hidden, size_t rows, float* out, unsigned threads) const {
+  if (!supported()) throw std::runtime_error("the logsumexp kernel needs an x86-64 CPU with AVX2 and FMA");
+  // Tasks of up to kBlockRows rows (whole tiles), at least one per thread where there are rows
+  // enough: a call with few rows (a batch with few new prefixes) still uses every thread.
+  threads = std::max(1u, threads);
+  const size_t per_thread = (rows + threads - 1) / threads;
+  const size_t task_rows = std::clamp<size_t>((per_thread + kRows - 1) / kRows * kRows, kRows, kBlockRows);
+  const size_t tasks = (rows + task_rows - 1) / task_rows;
+  auto work = [&](size_t a, size_t b) {
+    std::vector<float> padded(kBlockRows * dim_);
+    for (size_t task = a; task < b; ++task) {
+      const size_t r0 = task * task_rows, n = std::min(task_rows, rows - r0);
+      std::fill(std::copy(hidden + r0 * dim_, hidden + (r0 + n) * dim_, padded.begin()), padded.end(), 0.f);
+      block(padded.data(), n, out + r0);
+      for (size_t i = r0; i < r0 + n; ++i)
+        if (!std::isfinite(out[i])) out[i] = exact(hidden + i * dim_);
+    }
+  };
+  const size_t workers = std::clamp<size_t>(threads, 1, std::max<size_t>(tasks, 1));
+  std::vector<std::jthread> pool;
+  for (size_t w = 1; w < workers; ++w) pool.emplace_back(work, tasks * w / workers, tasks * (w + 1) / workers);
+  work(0, tasks / workers);
+}
+
+}  // namespace exposure
