@@ -449,16 +449,20 @@ def test_prefix_normalizers_reuse_values_and_match_log_softmax() -> None:
     targets = torch.tensor([7, 7, 3, 9, 11])
     prefix = np.array([0, 0, 5, 5, 6])
     after = np.array([1, 1, 6, 8, 9])  # rows 0 and 1: same prefix, same token
-    norm = PrefixNormalizers(10, torch.device("cpu"))
+    norm = PrefixNormalizers(head, 10, torch.device("cpu"))
     with torch.inference_mode():
-        got = norm.token_logprobs(head, hidden, targets, prefix, after)
+        norm.add(hidden, targets, prefix, after)
+        got = norm.logprobs(after)
         want = torch.log_softmax(head(hidden), dim=1).gather(1, targets[:, None])[:, 0]
         assert got[0] == got[1] and want[0] != want[1]  # the second row reuses the first one's value
         torch.testing.assert_close(got[[0, 2, 3, 4]], want[[0, 2, 3, 4]], rtol=0, atol=1e-5)
         # a later batch: a known prefix with a new token, and a token seen before
-        again = norm.token_logprobs(head, hidden[[2, 0]], torch.tensor([4, 7]), np.array([5, 0]), np.array([7, 1]))
+        norm.add(hidden[[2, 0]], torch.tensor([4, 7]), np.array([5, 0]), np.array([7, 1]))
+        again = norm.logprobs(np.array([7, 1]))
         assert again[1] == got[0]
         torch.testing.assert_close(again[0], torch.log_softmax(head(hidden[2]), dim=0)[4], rtol=0, atol=1e-5)
+        with pytest.raises(RuntimeError, match="not computed"):
+            norm.logprobs(np.array([2]))  # never added
 
 
 @pytest.mark.parametrize("device_type", ["cpu", "cuda"])  # the tile shapes of each device type (run on the CPU)
@@ -559,3 +563,39 @@ def test_cpu_kernel_and_torch_path_give_the_same_scores(
     for column in ("logp_good", "logp_bad"):
         np.testing.assert_allclose(kernel.column(column).to_numpy(), torch_path.column(column).to_numpy(), rtol=0,
                                    atol=1e-4)
+
+
+def test_declared_prefix_token_agrees_with_transformers(
+    neox: dict[str, Any], gpt2: dict[str, Any], tmp_path: Path
+) -> None:
+    """The prefix token read from tokenizer_config.json equals transformers' BOS-else-EOS, or defers to it."""
+    from transformers import AutoTokenizer
+
+    from exposure.scoring.runs import declared_prefix_token, open_run
+
+    for run_dir in (neox["run"], gpt2["run"]):
+        run = open_run(run_dir)
+        step = run.available_checkpoints()[0]
+        tokenizer_file = run.tokenizer_file(step)
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        declared = declared_prefix_token(tokenizer_file.parent, tokenizer)
+        auto = AutoTokenizer.from_pretrained(tokenizer_file.parent)
+        assert declared is not None and declared == auto.bos_token_id
+        assert run.prefix_token_id(step, tokenizer) == run.prefix_token_id(step) == declared
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    shutil.copyfile(NEOX, folder / "tokenizer.json")
+    tokenizer = Tokenizer.from_file(str(NEOX))
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    cases: list[tuple[dict[str, Any], int | None]] = [
+        ({"bos_token": None, "eos_token": "<|endoftext|>"}, eos),  # no BOS: the EOS
+        ({"bos_token": {"content": "<|endoftext|>", "special": True}, "eos_token": None}, eos),
+        ({"eos_token": "<|endoftext|>"}, None),  # BOS left out: a class default may apply, ask transformers
+        ({"bos_token": "<|not a token|>", "eos_token": "<|endoftext|>"}, None),
+        ({"bos_token": None, "eos_token": None}, None),
+    ]
+    for config, want in cases:
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        assert declared_prefix_token(folder, tokenizer) == want, config
+    (folder / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<|endoftext|>"}))
+    assert declared_prefix_token(folder, tokenizer) is None  # two sources: transformers merges them

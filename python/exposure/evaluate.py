@@ -172,8 +172,9 @@ def evaluate_run(
     )
     first_tokenizer = run_.tokenizer_file(steps[0])
     tokenizer_sha, verdict = gate.check(first_tokenizer)
-    encoded: EncodedPairs = encode_pairs(source.table, Tokenizer.from_file(str(first_tokenizer)))
-    prefix = int(prefix_token_id) if prefix_token_id is not None else run_.prefix_token_id(steps[0])
+    tokenizer = Tokenizer.from_file(str(first_tokenizer))
+    encoded: EncodedPairs = encode_pairs(source.table, tokenizer)
+    prefix = int(prefix_token_id) if prefix_token_id is not None else run_.prefix_token_id(steps[0], tokenizer)
     shape: ModelShape = run_.shape(steps[0])
     info: dict[str, Any] = {
         "model": run_.name,

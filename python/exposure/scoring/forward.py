@@ -112,48 +112,72 @@ def target_logits(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Te
     return logits if bias is None else logits + bias[targets].float()
 
 
+PENDING_BYTES = 64 << 20
+"""Hidden rows of new prefixes held back (bytes) before their normalizers are computed together: one large call
+instead of one per batch (on a CPU, a call right after the forward pass shares the cores with torch's still-spinning
+worker threads)."""
+
+
 class PrefixNormalizers:
     """Token log-probabilities by trie node (:attr:`EncodedPairs.prefix_id` / ``next_id``), each computed once.
 
     A token's log-probability is its logit minus its prefix's normalizer (``logsumexp`` of the next-token logits).
     The full vocabulary projection (the dominant cost for small models) runs once per distinct prefix: the good
-    and bad sentence share theirs up to their first difference, and many sentences share their first words. A new
-    prefix gets its normalizer from the whole projection (:func:`logsumexp_rows`); every token gets its target
-    logit (one row of the projection, :func:`target_logits`) minus its prefix's stored normalizer. A token whose
-    ``next_id`` was seen before (same prefix, same token) gets the stored value itself, so e.g. the good and bad
-    sentence's shared prefix contributes identical values to both, in any dtype."""
+    and bad sentence share theirs up to their first difference, and many sentences share their first words. Each
+    batch's tokens never seen before get their target logit at once (one row of the projection,
+    :func:`target_logits`); the hidden rows of prefixes never seen before are held until :data:`PENDING_BYTES` of
+    them (or the end) and normalized together (:func:`logsumexp_rows`). Values are kept by ``next_id`` (same
+    prefix, same token), so e.g. the good and bad sentence's shared prefix contributes identical values to both,
+    in any dtype."""
 
-    def __init__(self, n_prefixes: int, device: torch.device) -> None:
-        self.normalized = np.zeros(n_prefixes, dtype=bool)
+    def __init__(self, head: torch.nn.Module, n_prefixes: int, device: torch.device) -> None:
+        self.head = head
+        self.kernel = cpu_output_head(head)
+        self.normalized = np.zeros(n_prefixes, dtype=bool)  # computed or pending
         self.lse = torch.zeros(n_prefixes, dtype=torch.float32, device=device)
         self.scored = np.zeros(n_prefixes, dtype=bool)
-        self.logp = torch.zeros(n_prefixes, dtype=torch.float32, device=device)
-        self.kernel: _core.OutputHead | None = None
-        self._kernel_for: torch.nn.Module | None = None
+        self.logit = torch.zeros(n_prefixes, dtype=torch.float32, device=device)
+        self.prefix_of = np.zeros(n_prefixes, dtype=np.int64)
+        self._pending: list[tuple[torch.Tensor, np.ndarray]] = []
+        self._pending_bytes = 0
 
-    def token_logprobs(
-        self, head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, prefix: np.ndarray, after: np.ndarray
-    ) -> torch.Tensor:
-        """float32 log-probabilities of ``targets`` given ``hidden`` (rows), whose prefixes have ids ``prefix`` and
-        which lead to ids ``after``."""
+    def add(self, hidden: torch.Tensor, targets: torch.Tensor, prefix: np.ndarray, after: np.ndarray) -> None:
+        """Tokens ``targets`` after ``hidden`` (rows), whose prefixes have ids ``prefix`` and which lead to ids
+        ``after``."""
         device = hidden.device
         tokens, first = np.unique(after, return_index=True)
         new = ~self.scored[tokens]
         tokens, rows = tokens[new], first[new]  # one row per token never scored
+        rows_t = torch.from_numpy(rows).to(device)
+        self.logit[torch.from_numpy(tokens).to(device)] = target_logits(self.head, hidden[rows_t], targets[rows_t])
+        self.prefix_of[tokens] = prefix[rows]
+        self.scored[tokens] = True
         prefixes, first_p = np.unique(prefix[rows], return_index=True)
         fresh = ~self.normalized[prefixes]
-        full = first_p[fresh]  # positions in `rows` whose prefix gets its normalizer: one per new prefix
-        if self._kernel_for is not head:
-            self.kernel, self._kernel_for = cpu_output_head(head), head
-        new_lse = logsumexp_rows(head, hidden[torch.from_numpy(rows[full]).to(device)], self.kernel)
-        self.lse[torch.from_numpy(prefixes[fresh]).to(device)] = new_lse
-        self.normalized[prefixes[fresh]] = True
-        rows_t = torch.from_numpy(rows).to(device)
-        normalizer = self.lse[torch.from_numpy(prefix[rows]).to(device)]
-        values = target_logits(head, hidden[rows_t], targets[rows_t]) - normalizer
-        self.logp[torch.from_numpy(tokens).to(device)] = values
-        self.scored[tokens] = True
-        return self.logp[torch.from_numpy(after).to(device)]
+        if fresh.any():
+            held = hidden[torch.from_numpy(rows[first_p[fresh]]).to(device)]  # a copy: the batch is not kept
+            self._pending.append((held, prefixes[fresh]))
+            self._pending_bytes += held.numel() * held.element_size()
+            self.normalized[prefixes[fresh]] = True
+            if self._pending_bytes >= PENDING_BYTES:
+                self._flush()
+
+    @torch.inference_mode()
+    def logprobs(self, after: np.ndarray) -> torch.Tensor:
+        """float32 log-probabilities of the tokens that lead to ids ``after`` (each added before)."""
+        if not self.scored[after].all():
+            raise RuntimeError("internal error: some token log-probabilities were not computed")
+        self._flush()
+        index = torch.from_numpy(np.asarray(after)).to(self.lse.device)
+        return self.logit[index] - self.lse[torch.from_numpy(self.prefix_of[after]).to(self.lse.device)]
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        rows = torch.cat([held for held, _ in self._pending])
+        ids = np.concatenate([p for _, p in self._pending])
+        self.lse[torch.from_numpy(ids).to(self.lse.device)] = logsumexp_rows(self.head, rows, self.kernel)
+        self._pending, self._pending_bytes = [], 0
 
 
 def _base_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -206,14 +230,14 @@ def _forward_batch(
     normalizers: PrefixNormalizers,
     n_layers: int,
     device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward pass. ``predicts``: bool ``[b, T-1]``, the positions whose next-token log-prob is wanted;
-    ``prefix_ids`` / ``next_ids``: their trie ids before and after the token, in row-major order.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass. ``predicts``: bool ``[b, T-1]``, the positions whose next-token log-prob is wanted (given to
+    ``normalizers``); ``prefix_ids`` / ``next_ids``: their trie ids before and after the token, in row-major order.
 
-    Returns (log-probs float32 of the ``predicts`` positions in row-major order, hidden states at ``query_pos``
-    float16 ``[b, n_layers + 1, d]``, attention rows ``query_pos -> key_pos`` float32 ``[b, n_layers, H]``).
+    Returns (hidden states at ``query_pos`` float16 ``[b, n_layers + 1, d]``, attention rows ``query_pos -> key_pos``
+    float32 ``[b, n_layers, H]``).
     """
-    base, head = _base_and_head(model)
+    base, _ = _base_and_head(model)
     ids = torch.from_numpy(batch.input_ids).to(device)
     mask = torch.from_numpy(batch.attention_mask()).to(device)
     q = torch.from_numpy(query_pos).to(device)
@@ -230,10 +254,8 @@ def _forward_batch(
     r = torch.arange(ids.shape[0], device=device)
     states = torch.stack([h[r, q] for h in hidden], dim=1).to(torch.float16)
     wanted = torch.from_numpy(predicts).to(device)
-    logp = normalizers.token_logprobs(
-        head, out.last_hidden_state[:, :-1][wanted], ids[:, 1:][wanted], prefix_ids, next_ids
-    )
-    return logp, states, rows
+    normalizers.add(out.last_hidden_state[:, :-1][wanted], ids[:, 1:][wanted], prefix_ids, next_ids)
+    return states, rows
 
 
 def score_checkpoint(
@@ -262,8 +284,7 @@ def score_checkpoint(
     check_head(model, torch.from_numpy(first.input_ids).to(device))
     lengths = encoded.lengths()  # [2n] sentence tokens = scored positions
     offsets = encoded.offsets()
-    token_logp = np.full(int(offsets[-1]), np.nan)
-    normalizers = PrefixNormalizers(encoded.n_prefixes, device)
+    normalizers = PrefixNormalizers(_base_and_head(model)[1], encoded.n_prefixes, device)
     attention = np.full((n, 2, n_layers, n_heads), np.nan, dtype=np.float32)
     overflow = 0
     bar = tqdm(total=2 * n, desc=desc, unit="sent", disable=not progress, leave=False, dynamic_ncols=True)
@@ -274,11 +295,10 @@ def score_checkpoint(
             position = np.arange(batch.input_ids.shape[1] - 1)[None, :]  # predicts sentence token `position`
             predicts = position < lengths[index][:, None]
             where = (offsets[index][:, None] + position)[predicts]
-            flat, states, rows = _forward_batch(
+            states, rows = _forward_batch(
                 model, batch, query_pos, key_pos, predicts, encoded.prefix_id[where], encoded.next_id[where],
                 normalizers, n_layers, device,
             )
-            token_logp[where] = flat.double().cpu().numpy()
             has_crit = encoded.critical_token[pair, side] >= 0
             has_row = has_crit & (encoded.context_token[pair, side] >= 0)
             attention[pair[has_row], side[has_row]] = rows.cpu().numpy()[has_row]
@@ -291,8 +311,7 @@ def score_checkpoint(
     finally:
         bar.close()
     states_out[encoded.critical_token < 0] = np.float16(np.nan)
-    if np.isnan(token_logp).any():
-        raise RuntimeError("internal error: some token log-probabilities were not computed")
+    token_logp = normalizers.logprobs(encoded.next_id).double().cpu().numpy()
     logp = np.add.reduceat(token_logp, offsets[:-1]).reshape(n, 2)
     # sum over tokens critical_start..critical_token: reduceat over [a, b) spans (even slots; odd slots are gaps)
     start, crit = encoded.critical_start, encoded.critical_token

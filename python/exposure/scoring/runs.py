@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 
 from exposure.scoring.attention import UnsupportedModelError, register_row_attention
 from exposure.scoring.pairs import EvalError
@@ -136,12 +138,18 @@ class Run:
                 f"cannot fetch tokenizer.json of {self.source} at revision step{step}: {exc}"
             ) from exc
 
-    def prefix_token_id(self, step: int) -> int:
-        """lm-evaluation-harness's prefix token: the tokenizer's BOS, else its EOS."""
+    def prefix_token_id(self, step: int, tokenizer: Tokenizer | None = None) -> int:
+        """lm-evaluation-harness's prefix token: the tokenizer's BOS, else its EOS. ``tokenizer``: the checkpoint's
+        ``tokenizer.json`` already loaded, which lets a local run skip loading it again through transformers where
+        ``tokenizer_config.json`` names the tokens plainly (:func:`declared_prefix_token`)."""
         from transformers import AutoTokenizer
 
         if self.root is not None:
-            location, revision = str(self.tokenizer_file(step).parent), None
+            folder = self.tokenizer_file(step).parent
+            declared = None if tokenizer is None else declared_prefix_token(folder, tokenizer)
+            if declared is not None:
+                return declared
+            location, revision = str(folder), None
         else:
             location, revision = self.location(step)
         try:
@@ -190,6 +198,28 @@ class Run:
                 f"{type(model).__name__} does not dispatch attention through transformers' AttentionInterface"
             )
         return model.to(device).eval()
+
+
+def declared_prefix_token(folder: Path, tokenizer: Tokenizer) -> int | None:
+    """The BOS id, else the EOS id, as ``folder/tokenizer_config.json`` declares them (a token string or
+    ``{"content": ...}``; null: none), looked up in ``tokenizer``; ``None`` where transformers may decide otherwise:
+    no such file, a ``special_tokens_map.json`` beside it (merged by transformers), a key left out (a class default
+    may apply), or a token not in the vocabulary."""
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or (folder / "special_tokens_map.json").exists():
+        return None
+    for key in ("bos_token", "eos_token"):
+        if key not in config:
+            return None
+        value = config[key]
+        if value is None:
+            continue
+        content = value.get("content") if isinstance(value, dict) else value
+        return tokenizer.token_to_id(content) if isinstance(content, str) else None
+    return None
 
 
 def open_run(run: str | Path) -> Run:
