@@ -599,3 +599,15 @@ def test_declared_prefix_token_agrees_with_transformers(
         assert declared_prefix_token(folder, tokenizer) == want, config
     (folder / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<|endoftext|>"}))
     assert declared_prefix_token(folder, tokenizer) is None  # two sources: transformers merges them
+
+
+def test_default_batch_tokens_follow_the_model_width_on_cpu(neox: dict[str, Any], tmp_path: Path) -> None:
+    from exposure.evaluate import default_batch_tokens
+
+    assert default_batch_tokens("cpu", 768) == 512  # Pythia-160M
+    assert default_batch_tokens("cpu", 64) == 6144
+    assert default_batch_tokens("cpu", 8192) == 128 and default_batch_tokens("cpu", 8) == 16384  # the bounds
+    assert default_batch_tokens("cuda", 768) == 16384
+    results = evaluate_run(neox["pairs"], neox["run"], tmp_path / "out", checkpoints=[0], device="cpu", dtype="fp32",
+                           progress=False)
+    assert results.run["batch_tokens"] == 393216 // 32  # the test model is 32 wide

@@ -47,14 +47,29 @@ __all__ = [
     "EvalError",
     "EvalResults",
     "UnsupportedModelError",
+    "default_batch_tokens",
     "evaluate_run",
     "load_results",
 ]
 
 DEFAULT_BATCH_TOKENS = {"cuda": 16384, "cpu": 1024}
-"""Padded tokens per forward pass (rows x longest sequence) by device type, when not given. On a GPU, bigger
-batches keep the device busy (raise it for small models on a large GPU); on a CPU, batches that stay in cache
-are faster (measured: 1,024 tokens about 2x faster than 16,384 for a Pythia-160M shape)."""
+"""Padded tokens per forward pass (rows x longest sequence) by device type, when not given; on a CPU see
+:func:`default_batch_tokens`. On a GPU, bigger batches keep the device busy (raise it for small models on a large
+GPU)."""
+
+CPU_BATCH_ACTIVATIONS = 393216
+"""On a CPU, the default batch holds about this many activations (tokens x model width: 1.5 MiB of float32 per
+hidden state), so that a layer's work stays in cache. Measured 2026-12-02 (``benchmarks/bench_eval.py``): for a
+Pythia-160M shape (width 768) 256 / 512 / 1,024 / 2,048 / 4,096 tokens gave 30.2 / 30.9 / 26.9 / 24.7 / 19.3
+pairs/s; for width 64, 1,024 / 4,096 / 6,144 / 16,384 tokens gave 1,363 / 1,435 / 1,445 / 1,362 pairs/s."""
+
+
+def default_batch_tokens(device_type: str, d_model: int) -> int:
+    """Tokens per forward pass when none is given: :data:`DEFAULT_BATCH_TOKENS` on a GPU; on a CPU
+    :data:`CPU_BATCH_ACTIVATIONS` / ``d_model``, between 128 and 16,384 (512 for Pythia-160M, 6,144 for width 64)."""
+    if device_type != "cpu":
+        return DEFAULT_BATCH_TOKENS.get(device_type, DEFAULT_BATCH_TOKENS["cuda"])
+    return min(max(CPU_BATCH_ACTIVATIONS // max(d_model, 1), 128), 16384)
 
 SCORING_CONVENTION = {
     "name": "lm-evaluation-harness loglikelihood, BLiMP",
@@ -150,7 +165,7 @@ def evaluate_run(
     model id whose revision ``step{S}`` is checkpoint S (Pythia). ``checkpoints``: steps to score (default:
     every local folder; for a hub id, the pairs table's ``exposure.checkpoints``). ``device``: ``auto`` / ``cpu``
     / ``cuda[:i]``; ``dtype``: ``auto`` (bf16 on GPU, fp32 on CPU) / ``bf16`` / ``fp16`` / ``fp32``.
-    ``batch_tokens``: padded tokens per forward pass (default: :data:`DEFAULT_BATCH_TOKENS` for the device).
+    ``batch_tokens``: padded tokens per forward pass (default: :func:`default_batch_tokens` for the device and model).
     ``reference_tokenizer``: the original tokenizer file of the pairs, used when the run's ``tokenizer.json``
     is a re-serialized copy (see :func:`exposure.scoring.pairs.check_tokenizer`). ``prefix_token_id``
     overrides the tokenizer's BOS/EOS.
@@ -161,9 +176,7 @@ def evaluate_run(
     steps = _resolve_checkpoints(run_, checkpoints, source)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    if batch_tokens is None:
-        batch_tokens = DEFAULT_BATCH_TOKENS.get(dev.type, DEFAULT_BATCH_TOKENS["cpu"])
-    if batch_tokens < 1:
+    if batch_tokens is not None and batch_tokens < 1:
         raise EvalError(f"batch_tokens must be positive, got {batch_tokens}")
     good, bad = (source.table.column(c).to_pylist() for c in ("sentence_good", "sentence_bad"))
     sentences = [s for pair in zip(good, bad, strict=True) for s in pair]
@@ -176,6 +189,8 @@ def evaluate_run(
     encoded: EncodedPairs = encode_pairs(source.table, tokenizer)
     prefix = int(prefix_token_id) if prefix_token_id is not None else run_.prefix_token_id(steps[0], tokenizer)
     shape: ModelShape = run_.shape(steps[0])
+    if batch_tokens is None:
+        batch_tokens = default_batch_tokens(dev.type, shape.d_model)
     info: dict[str, Any] = {
         "model": run_.name,
         "run_kind": run_.kind,

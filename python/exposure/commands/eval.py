@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--batch-tokens", type=_positive, default=None,
-        help="padded tokens per forward pass (default: 16384 on GPU, 1024 on CPU)",
+        help="padded tokens per forward pass (default: 16384 on GPU; on CPU 393216 / model width, e.g. 512 for Pythia-160M)",
     )
     parser.add_argument(
         "--tokenizer", type=Path, default=None,
