@@ -449,7 +449,8 @@ def test_prefix_normalizers_reuse_values_and_match_log_softmax() -> None:
     targets = torch.tensor([7, 7, 3, 9, 11])
     prefix = np.array([0, 0, 5, 5, 6])
     after = np.array([1, 1, 6, 8, 9])  # rows 0 and 1: same prefix, same token
-    norm = PrefixNormalizers(head, 10, torch.device("cpu"))
+    flushed: list[int] = []
+    norm = PrefixNormalizers(head, 10, torch.device("cpu"), flushed.append)
     with torch.inference_mode():
         norm.add(hidden, targets, prefix, after)
         got = norm.logprobs(after)
@@ -461,6 +462,7 @@ def test_prefix_normalizers_reuse_values_and_match_log_softmax() -> None:
         again = norm.logprobs(np.array([7, 1]))
         assert again[1] == got[0]
         torch.testing.assert_close(again[0], torch.log_softmax(head(hidden[2]), dim=0)[4], rtol=0, atol=1e-5)
+        assert flushed == [3]  # prefixes 0, 5, 6 normalized together; the second batch brought no new prefix
         with pytest.raises(RuntimeError, match="not computed"):
             norm.logprobs(np.array([2]))  # never added
 

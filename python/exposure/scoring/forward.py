@@ -130,8 +130,16 @@ class PrefixNormalizers:
     prefix, same token), so e.g. the good and bad sentence's shared prefix contributes identical values to both,
     in any dtype."""
 
-    def __init__(self, head: torch.nn.Module, n_prefixes: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        head: torch.nn.Module,
+        n_prefixes: int,
+        device: torch.device,
+        on_flush: Callable[[int], None] | None = None,
+    ) -> None:
+        """``on_flush(rows)`` is called before each batch of held rows is normalized (progress reporting)."""
         self.head = head
+        self.on_flush = on_flush
         self.kernel = cpu_output_head(head)
         self.normalized = np.zeros(n_prefixes, dtype=bool)  # computed or pending
         self.lse = torch.zeros(n_prefixes, dtype=torch.float32, device=device)
@@ -176,6 +184,8 @@ class PrefixNormalizers:
             return
         rows = torch.cat([held for held, _ in self._pending])
         ids = np.concatenate([p for _, p in self._pending])
+        if self.on_flush is not None:
+            self.on_flush(int(rows.shape[0]))
         self.lse[torch.from_numpy(ids).to(self.lse.device)] = logsumexp_rows(self.head, rows, self.kernel)
         self._pending, self._pending_bytes = [], 0
 
@@ -284,10 +294,14 @@ def score_checkpoint(
     check_head(model, torch.from_numpy(first.input_ids).to(device))
     lengths = encoded.lengths()  # [2n] sentence tokens = scored positions
     offsets = encoded.offsets()
-    normalizers = PrefixNormalizers(_base_and_head(model)[1], encoded.n_prefixes, device)
     attention = np.full((n, 2, n_layers, n_heads), np.nan, dtype=np.float32)
     overflow = 0
     bar = tqdm(total=2 * n, desc=desc, unit="sent", disable=not progress, leave=False, dynamic_ncols=True)
+
+    def normalizing(rows: int) -> None:
+        bar.set_postfix_str(f"normalizing {rows:,} prefixes", refresh=True)
+
+    normalizers = PrefixNormalizers(_base_and_head(model)[1], encoded.n_prefixes, device, normalizing)
     try:
         for i, index in enumerate(batches):
             batch = make_batch(encoded.tokens, index, prefix_id, prefix_id)
@@ -305,13 +319,14 @@ def score_checkpoint(
             states_np = states.cpu().numpy()[has_crit]
             overflow += int(np.isinf(states_np).any(axis=(1, 2)).sum())
             states_out[pair[has_crit], side[has_crit]] = states_np
+            bar.set_postfix_str("", refresh=False)
             bar.update(len(index))
             if on_batch is not None:
                 on_batch(i)
+        states_out[encoded.critical_token < 0] = np.float16(np.nan)
+        token_logp = normalizers.logprobs(encoded.next_id).double().cpu().numpy()  # the last held rows: on the bar
     finally:
         bar.close()
-    states_out[encoded.critical_token < 0] = np.float16(np.nan)
-    token_logp = normalizers.logprobs(encoded.next_id).double().cpu().numpy()
     logp = np.add.reduceat(token_logp, offsets[:-1]).reshape(n, 2)
     # sum over tokens critical_start..critical_token: reduceat over [a, b) spans (even slots; odd slots are gaps)
     start, crit = encoded.critical_start, encoded.critical_token
