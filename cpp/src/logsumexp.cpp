@@ -43,14 +43,15 @@ float OutputHead::exact(const float* h) const {
     double x = b_[v];
     for (size_t k = 0; k < dim_; ++k) x += double(h[k]) * weight(v, k);
     if (std::isnan(x)) return std::numeric_limits<float>::quiet_NaN();
+    if (x == -std::numeric_limits<double>::infinity()) continue;  // adds nothing (and -inf - -inf is NaN)
     if (x > peak) {
       sum = sum * std::exp(peak - x) + 1;
       peak = x;
     } else {
-      sum += std::exp(x - peak);
+      sum += x == peak ? 1.0 : std::exp(x - peak);  // x == peak: +inf twice gives inf, not NaN
     }
   }
-  return float(peak + std::log(sum));
+  return float(peak + std::log(sum));  // no finite logit: -inf
 }
 
 #if defined(EXPOSURE_AVX2_KERNEL)

@@ -378,6 +378,20 @@ void test_output_head_logsumexp() {
             CHECK(!std::isnan(out[0]));
           }
         }
+  // Every one of the first 128 logits -inf (masked by the bias): the shift is -inf, every row takes
+  // the exact path, which must skip -inf terms; all logits -inf gives -inf.
+  const size_t vocab = 200, dim = 4, rows = 7;
+  std::vector<float> w(vocab * dim), b(vocab, 0.f), h(rows * dim), out(rows);
+  for (auto& x : w) x = normal(rng);
+  for (auto& x : h) x = normal(rng);
+  std::fill(b.begin(), b.begin() + 128, -std::numeric_limits<float>::infinity());
+  OutputHead masked(w.data(), vocab, dim, b.data());
+  masked.logsumexp(h.data(), rows, out.data(), 2);
+  for (size_t i = 0; i < rows; ++i) CHECK(std::abs(out[i] - reference(w, b, h.data() + i * dim, vocab, dim)) <= 2e-5);
+  std::fill(b.begin(), b.end(), -std::numeric_limits<float>::infinity());
+  OutputHead all_masked(w.data(), vocab, dim, b.data());
+  all_masked.logsumexp(h.data(), rows, out.data(), 2);
+  for (size_t i = 0; i < rows; ++i) CHECK(out[i] == -std::numeric_limits<float>::infinity());
 }
 
 int main() {
