@@ -4,7 +4,8 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
-#include <thread>
+
+#include "exposure/index.hpp"  // parallel_for
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -135,40 +136,24 @@ __attribute__((target("avx2,fma"))) void OutputHead::block(const float* hidden, 
     for (size_t t = 0; t < tiles; ++t) {
       const float* h = hidden + t * kRows * dim_;
       __m256 acc[kRows][2], sum[kRows], sh[kRows];
-      size_t p = c0;
       if (c0 == 0) {
-        // The first panels' logits are kept while their maximum (the shift) is found.
-        alignas(32) float kept[kShiftPanels][kRows][kCols];
-        const size_t first = std::min(kShiftPanels, panels_);
+        // The shift: the maximum of the first panels' logits (computed again below with the rest,
+        // which costs kShiftPanels of the ~3,000 panels of a 50k vocabulary).
         __m256 peak[kRows];
         for (auto& m : peak) m = _mm256_set1_ps(kNegInf);
-        for (size_t q = 0; q < first; ++q) {
+        for (size_t q = 0; q < std::min(kShiftPanels, panels_); ++q) {
           tile(h, dim_, w_.data() + q * dim_ * kCols, acc);
           const __m256 b0 = _mm256_loadu_ps(b_.data() + q * kCols), b1 = _mm256_loadu_ps(b_.data() + q * kCols + 8);
-          for (size_t r = 0; r < kRows; ++r) {
-            const __m256 a0 = _mm256_add_ps(acc[r][0], b0), a1 = _mm256_add_ps(acc[r][1], b1);
-            _mm256_store_ps(kept[q][r], a0);
-            _mm256_store_ps(kept[q][r] + 8, a1);
-            peak[r] = _mm256_max_ps(peak[r], _mm256_max_ps(a0, a1));
-          }
+          for (size_t r = 0; r < kRows; ++r)
+            peak[r] = _mm256_max_ps(peak[r], _mm256_max_ps(_mm256_add_ps(acc[r][0], b0), _mm256_add_ps(acc[r][1], b1)));
         }
-        for (size_t r = 0; r < kRows; ++r) {
-          shift[t * kRows + r] = hmax(peak[r]);
-          sh[r] = _mm256_set1_ps(shift[t * kRows + r]);
-          sum[r] = _mm256_setzero_ps();
-          for (size_t q = 0; q < first; ++q) {
-            sum[r] = _mm256_add_ps(sum[r], exp8(_mm256_sub_ps(_mm256_load_ps(kept[q][r]), sh[r])));
-            sum[r] = _mm256_add_ps(sum[r], exp8(_mm256_sub_ps(_mm256_load_ps(kept[q][r] + 8), sh[r])));
-          }
-        }
-        p = first;
-      } else {
-        for (size_t r = 0; r < kRows; ++r) {
-          sh[r] = _mm256_set1_ps(shift[t * kRows + r]);
-          sum[r] = _mm256_setzero_ps();
-        }
+        for (size_t r = 0; r < kRows; ++r) shift[t * kRows + r] = hmax(peak[r]);
       }
-      for (; p < c1; ++p) {
+      for (size_t r = 0; r < kRows; ++r) {
+        sh[r] = _mm256_set1_ps(shift[t * kRows + r]);
+        sum[r] = _mm256_setzero_ps();
+      }
+      for (size_t p = c0; p < c1; ++p) {
         tile(h, dim_, w_.data() + p * dim_ * kCols, acc);
         const __m256 b0 = _mm256_loadu_ps(b_.data() + p * kCols), b1 = _mm256_loadu_ps(b_.data() + p * kCols + 8);
         for (size_t r = 0; r < kRows; ++r) {
@@ -205,7 +190,7 @@ void OutputHead::logsumexp(const float* hidden, size_t rows, float* out, unsigne
   const size_t per_thread = (rows + threads - 1) / threads;
   const size_t task_rows = std::clamp<size_t>((per_thread + kRows - 1) / kRows * kRows, kRows, kBlockRows);
   const size_t tasks = (rows + task_rows - 1) / task_rows;
-  auto work = [&](size_t a, size_t b) {
+  parallel_for(tasks, threads, [&](size_t a, size_t b) {
     std::vector<float> padded(kBlockRows * dim_);
     for (size_t task = a; task < b; ++task) {
       const size_t r0 = task * task_rows, n = std::min(task_rows, rows - r0);
@@ -214,11 +199,7 @@ void OutputHead::logsumexp(const float* hidden, size_t rows, float* out, unsigne
       for (size_t i = r0; i < r0 + n; ++i)
         if (!std::isfinite(out[i])) out[i] = exact(hidden + i * dim_);
     }
-  };
-  const size_t workers = std::clamp<size_t>(threads, 1, std::max<size_t>(tasks, 1));
-  std::vector<std::jthread> pool;
-  for (size_t w = 1; w < workers; ++w) pool.emplace_back(work, tasks * w / workers, tasks * (w + 1) / workers);
-  work(0, tasks / workers);
+  }, 1);
 }
 
 }  // namespace exposure

@@ -156,23 +156,6 @@ uint64_t bit_word(const Sym* p, uint64_t count, unsigned bit) {
   return w;
 }
 
-// Stable partition of one word's `count` symbols at cur[a, a + count) by their bits in `w`:
-// zeros go to zeros[zi...], ones to cur[oi...]. The ones move down in place: oi (ones before a)
-// <= a, so no symbol is overwritten before it is read. Branch-free: every symbol is written at
-// both cursors and advances only its own side's; the other write lands on a free slot that side
-// fills later.
-template <class Sym>
-void partition_word(Sym* cur, uint64_t a, uint64_t count, uint64_t w, Sym* zeros, uint64_t& zi, uint64_t oi) {
-  for (uint64_t i = 0; i < count; ++i) {
-    const Sym v = cur[a + i];
-    const uint64_t b = (w >> i) & 1;
-    zeros[zi] = v;
-    cur[oi] = v;
-    zi += 1 - b;
-    oi += b;
-  }
-}
-
 #if defined(EXPOSURE_SSSE3_DISPATCH)
 // For each 8-bit mask: the byte positions of its zero bits, then (second table) of its one bits,
 // in order, as pshufb indices.
@@ -187,9 +170,9 @@ struct CompactTables {
 };
 constexpr CompactTables kCompact;
 
-// partition_word for 64 byte symbols, 8 at a time: one shuffle per side compacts a group, an
-// 8-byte store writes it (its bytes past the group's count land on free slots, as above; both
-// stores end at or before a + 8 * (g + 1), so no unread group is touched).
+// A whole word of byte symbols (see partition_word below), 8 at a time: one shuffle per side
+// compacts a group, an 8-byte store writes it (its bytes past the group's count land on free
+// slots; both stores end at or before a + 8 * (g + 1), so no unread group is touched).
 __attribute__((target("ssse3"))) void partition_word64_ssse3(uint8_t* cur, uint64_t a, uint64_t w, uint8_t* zeros,
                                                              uint64_t& zi, uint64_t oi) {
   for (unsigned g = 0; g < 8; ++g) {
@@ -207,6 +190,28 @@ __attribute__((target("ssse3"))) void partition_word64_ssse3(uint8_t* cur, uint6
 
 const bool kHasSsse3 = __builtin_cpu_supports("ssse3");
 #endif
+
+// Stable partition of one word's `count` symbols at cur[a, a + count) by their bits in `w`:
+// zeros go to zeros[zi...], ones to cur[oi...]. The ones move down in place: oi (ones before a)
+// <= a, so no symbol is overwritten before it is read. Branch-free: every symbol is written at
+// both cursors and advances only its own side's; the other write lands on a free slot that side
+// fills later. Whole words of byte symbols go 8 at a time where the CPU has SSSE3.
+template <class Sym>
+void partition_word(Sym* cur, uint64_t a, uint64_t count, uint64_t w, Sym* zeros, uint64_t& zi, uint64_t oi) {
+#if defined(EXPOSURE_SSSE3_DISPATCH)
+  if constexpr (sizeof(Sym) == 1) {
+    if (count == 64 && kHasSsse3) return partition_word64_ssse3(cur, a, w, zeros, zi, oi);
+  }
+#endif
+  for (uint64_t i = 0; i < count; ++i) {
+    const Sym v = cur[a + i];
+    const uint64_t b = (w >> i) & 1;
+    zeros[zi] = v;
+    cur[oi] = v;
+    zi += 1 - b;
+    oi += b;
+  }
+}
 
 }  // namespace
 
@@ -241,16 +246,7 @@ std::pair<uint64_t, uint64_t> WaveletMatrix::write(const fs::path& path, std::ve
         const uint64_t a = std::min(n, start + 64 * wi), b = std::min(n, start + 64 * (wi + 1));
         const uint64_t w = bit_word(cur.data() + a, b - a, bit);
         ln.w[wi] = w;
-        bool done = false;
-#if defined(EXPOSURE_SSSE3_DISPATCH)
-        if constexpr (sizeof(Sym) == 1) {
-          if (b - a == 64 && kHasSsse3) {
-            partition_word64_ssse3(cur.data(), a, w, nxt.data(), zi, ones);
-            done = true;
-          }
-        }
-#endif
-        if (!done) partition_word(cur.data(), a, b - a, w, nxt.data(), zi, ones);
+        partition_word(cur.data(), a, b - a, w, nxt.data(), zi, ones);
         ones += uint64_t(std::popcount(w));
       }
     }

@@ -52,10 +52,10 @@ __all__ = [
     "load_results",
 ]
 
-DEFAULT_BATCH_TOKENS = {"cuda": 16384, "cpu": 1024}
-"""Padded tokens per forward pass (rows x longest sequence) by device type, when not given; on a CPU see
-:func:`default_batch_tokens`. On a GPU, bigger batches keep the device busy (raise it for small models on a large
-GPU)."""
+DEFAULT_BATCH_TOKENS = {"cuda": 16384}
+"""Padded tokens per forward pass (rows x longest sequence) by accelerator type, when not given (a CPU's depends on
+the model: :func:`default_batch_tokens`). On a GPU, bigger batches keep the device busy (raise it for small models
+on a large GPU)."""
 
 CPU_BATCH_ACTIVATIONS = 393216
 """On a CPU, the default batch holds about this many activations (tokens x model width: 1.5 MiB of float32 per
