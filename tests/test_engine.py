@@ -255,8 +255,15 @@ def test_invalid_phrases(tmp_path):
             idx.first_position(bad)
         with pytest.raises(ValueError, match=msg):
             idx.window_counts(bad, [0, 5])
-    with pytest.raises(ValueError, match="increasing"):
-        idx.window_counts([[1]], [5, 5, 6])
+    bad_bounds = [([5, 5, 6], "increasing"), ([6, 5], "increasing"), ([-1, 5], "non-negative"),
+                  (np.array([0, 2**63 + 5], dtype=np.uint64), "below 2"), ([0.0, 5.0], "integer"),
+                  ([[0, 5]], "1-D")]
+    for bounds, msg in bad_bounds:
+        with pytest.raises(ValueError, match=msg):
+            idx.window_counts([[1]], bounds)
+    for dtype in (np.int32, np.uint64, np.int64):  # any integer dtype: same answer
+        np.testing.assert_array_equal(idx.window_counts([[1], [2]], np.array([0, 5, 10], dtype=dtype)),
+                                      idx.window_counts([[1], [2]], [0, 5, 10]))
     assert idx.count([]).shape == (0,)
 
 

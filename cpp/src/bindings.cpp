@@ -128,12 +128,12 @@ PYBIND11_MODULE(_core, m) {
            })
       .def("window_counts",
            [](const Index& ix, const CArray<uint32_t>& tokens, const CArray<int64_t>& offsets,
-              const CArray<uint64_t>& bounds) {
+              const CArray<int64_t>& bounds) {
              const PhraseBatch b = batch(tokens, offsets);
              const size_t cols = bounds.size() < 2 ? 0 : size_t(bounds.size()) - 1;
              CArray<int64_t> out({py::ssize_t(b.size()), py::ssize_t(cols)});
              std::span<int64_t> o(out.mutable_data(), b.size() * cols);
-             std::span<const uint64_t> bs(bounds.data(), size_t(bounds.size()));
+             std::span<const int64_t> bs(bounds.data(), size_t(bounds.size()));
              py::gil_scoped_release release;
              ix.window_counts(b, bs, o);
              return out;

@@ -106,12 +106,15 @@ void Index::first_position(const PhraseBatch& phrases, std::span<int64_t> out) c
   });
 }
 
-void Index::window_counts(const PhraseBatch& phrases, std::span<const uint64_t> boundaries,
+void Index::window_counts(const PhraseBatch& phrases, std::span<const int64_t> signed_boundaries,
                           std::span<int64_t> out) const {
   validate(phrases);
-  if (!std::is_sorted(boundaries.begin(), boundaries.end()) ||
-      std::adjacent_find(boundaries.begin(), boundaries.end()) != boundaries.end())
+  if (std::any_of(signed_boundaries.begin(), signed_boundaries.end(), [](int64_t b) { return b < 0; }))
+    throw std::invalid_argument("window boundaries must be non-negative");
+  if (std::adjacent_find(signed_boundaries.begin(), signed_boundaries.end(), std::greater_equal<>()) !=
+      signed_boundaries.end())
     throw std::invalid_argument("window boundaries must be strictly increasing");
+  const std::vector<uint64_t> boundaries(signed_boundaries.begin(), signed_boundaries.end());
   const size_t cols = boundaries.size() < 2 ? 0 : boundaries.size() - 1;
   std::fill(out.begin(), out.end(), 0);
   if (cols == 0) return;

@@ -112,25 +112,34 @@ WaveletMatrix::WaveletMatrix(const IndexFile& file) {
 }
 
 void WaveletMatrix::histogram(uint64_t l, uint64_t r, std::span<uint64_t> hist) const {
+  // Level by level, so that the rank lines of many nodes are in flight at once: a depth-first
+  // walk waits for one cache miss after another, and the misses are the whole cost.
   struct Node {
     uint64_t a, b, v;
-    unsigned level;
   };
-  Node stack[64];
-  int top = 0;
-  stack[top++] = {l, r, 0, 0};
-  while (top > 0) {
-    const Node nd = stack[--top];
-    if (nd.level == levels_) {
-      hist[nd.v] += nd.b - nd.a;
-      continue;
+  thread_local std::vector<Node> cur, next;
+  cur.assign(1, Node{l, r, 0});
+  constexpr size_t kAhead = 8;  // nodes whose lines are requested before the current one is used
+  for (unsigned level = 0; level < levels_; ++level) {
+    const Line* lines = lines_[level];
+    const uint64_t z = zeros_[level];
+    auto request = [&](const Node& nd) {
+      __builtin_prefetch(&lines[nd.a / kBits]);
+      __builtin_prefetch(&lines[nd.b / kBits]);
+    };
+    for (size_t i = 0; i < std::min(kAhead, cur.size()); ++i) request(cur[i]);
+    next.clear();
+    for (size_t i = 0; i < cur.size(); ++i) {
+      if (i + kAhead < cur.size()) request(cur[i + kAhead]);
+      const Node nd = cur[i];
+      const uint64_t oa = rank1(level, nd.a), ob = rank1(level, nd.b);
+      const uint64_t za = nd.a - oa, zb = nd.b - ob;
+      if (zb > za) next.push_back(Node{za, zb, nd.v << 1});
+      if (ob > oa) next.push_back(Node{z + oa, z + ob, (nd.v << 1) | 1});
     }
-    const uint64_t oa = rank1(nd.level, nd.a), ob = rank1(nd.level, nd.b);
-    const uint64_t za = nd.a - oa, zb = nd.b - ob;
-    const uint64_t z = zeros_[nd.level];
-    if (ob > oa) stack[top++] = {z + oa, z + ob, (nd.v << 1) | 1, nd.level + 1};
-    if (zb > za) stack[top++] = {za, zb, nd.v << 1, nd.level + 1};
+    std::swap(cur, next);
   }
+  for (const Node& nd : cur) hist[nd.v] += nd.b - nd.a;
 }
 
 namespace {

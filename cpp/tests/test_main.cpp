@@ -298,7 +298,7 @@ void test_shard_queries_and_errors() {
     CHECK(first == (ref.empty() ? -1 : int64_t(ref[0])));
     CHECK(ix.positions(p, UINT64_MAX) == ref);
     std::vector<int64_t> wc(3);
-    const std::vector<uint64_t> bounds{0, 500, 1000, 2000};
+    const std::vector<int64_t> bounds{0, 500, 1000, 2000};
     ix.window_counts(b, bounds, wc);
     int64_t w0 = 0, w1 = 0, w2 = 0;
     for (auto x : ref) (x < 500 ? w0 : x < 1000 ? w1 : w2)++;
@@ -318,6 +318,19 @@ void test_shard_queries_and_errors() {
     threw = true;
   }
   CHECK(threw);
+  // window boundaries negative or not strictly increasing
+  for (const std::vector<int64_t>& bad : {std::vector<int64_t>{-1, 10}, std::vector<int64_t>{0, 10, 10}}) {
+    threw = false;
+    try {
+      std::vector<uint32_t> p{1};
+      const std::vector<int64_t> off{0, 1};
+      std::vector<int64_t> wc(bad.size() - 1);
+      ix.window_counts({p, off}, bad, wc);
+    } catch (const std::invalid_argument&) {
+      threw = true;
+    }
+    CHECK(threw);
+  }
   // truncated file
   fs::resize_file(dir / "sa.bin", fs::file_size(dir / "sa.bin") - 3);
   threw = false;

@@ -890,9 +890,15 @@ class Index:
         """Occurrences of each phrase with start offset in each window [b_k, b_k+1): int64
         array of shape (phrases, len(boundaries) - 1). Fast (independent of the number of
         occurrences) when a stored window structure's boundaries include these; see add_windows."""
-        b = _check_boundaries(boundaries)
+        b = np.asarray(boundaries)
+        if b.ndim != 1 or (b.size and b.dtype.kind not in "iu"):
+            raise ValueError("window boundaries must be a 1-D sequence of integer stream offsets")
+        if b.dtype.kind == "u" and b.size and int(b.max()) > np.iinfo(np.int64).max:
+            raise ValueError("window boundaries must be below 2**63")
         tokens, offsets = self._batch(phrases)
-        return self._core.window_counts(tokens, offsets, b)
+        # The engine checks that they are non-negative and strictly increasing: a check here
+        # would cost more than the query.
+        return self._core.window_counts(tokens, offsets, b.astype(np.int64, copy=False))
 
     def add_windows(self, name: str, boundaries: Iterable[int] | np.ndarray) -> None:
         """Builds and stores a window structure so window_counts over these boundaries (or any

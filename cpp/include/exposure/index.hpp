@@ -39,8 +39,9 @@ class Index {
 
   void count(const PhraseBatch& phrases, std::span<int64_t> out) const;
   void first_position(const PhraseBatch& phrases, std::span<int64_t> out) const;
-  // out is row-major [phrases, boundaries.size() - 1]
-  void window_counts(const PhraseBatch& phrases, std::span<const uint64_t> boundaries, std::span<int64_t> out) const;
+  // out is row-major [phrases, boundaries.size() - 1]; boundaries are stream offsets, non-negative
+  // and strictly increasing (std::invalid_argument otherwise).
+  void window_counts(const PhraseBatch& phrases, std::span<const int64_t> boundaries, std::span<int64_t> out) const;
   std::vector<uint64_t> positions(std::span<const uint32_t> phrase, uint64_t limit) const;
   void copy_stream(uint64_t t0, uint64_t t1, uint32_t* out) const;
 
