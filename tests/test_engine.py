@@ -243,7 +243,9 @@ def test_builder_streams_chunks_and_long_items(tmp_path):
 def test_invalid_phrases(tmp_path):
     idx = build(tmp_path, np.arange(10, dtype=np.uint16) % 4, vocab_size=6)
     cases = [([[]], "empty"), ([[-1]], "outside"), ([[6]], "outside"), ([[1.5]], "integer"),
-             ([np.array([2, -1])], "outside"), ([np.array([2**40])], "outside"), ([np.array([], dtype=np.uint32)], "empty"),
+             ([np.array([2, -1])], "outside"), ([np.array([2**40])], "outside"),
+             ([np.array([1, 7], dtype=np.uint16)], "outside"), ([np.array([9], dtype=np.uint8)], "outside"),
+             ([np.array([2**33], dtype=np.uint64)], "outside"), ([np.array([], dtype=np.uint32)], "empty"),
              ([[2, True]], None), ([np.zeros((1, 1), dtype=np.uint32)], "1-D")]
     for bad, msg in cases:
         if msg is None:  # bools are integers to numpy: accepted as ids 0/1

@@ -861,7 +861,15 @@ class Index:
         """(tokens, offsets) of one valid short phrase, checked in plain Python (numpy's reductions cost
         more than the whole query for a few tokens); None sends it down the general path (and its errors)."""
         if type(phrase) is np.ndarray:
-            if phrase.ndim != 1 or phrase.dtype.kind not in "ui" or not 0 < phrase.size <= _FAST_PHRASE_TOKENS:
+            if phrase.ndim != 1 or not 0 < phrase.size <= _FAST_PHRASE_TOKENS:
+                return None
+            if phrase.dtype.kind == "u" and phrase.itemsize <= 4:
+                # Non-negative ids that uint32 holds: the engine converts them and checks the
+                # vocabulary itself.
+                if self.max_phrase_tokens is not None and phrase.size > self.max_phrase_tokens:
+                    return None
+                return phrase, _single_offsets(phrase.size)
+            if phrase.dtype.kind != "i":
                 return None
             values = phrase.tolist()
         elif type(phrase) is list and 0 < len(phrase) <= _FAST_PHRASE_TOKENS and all(type(t) is int for t in phrase):

@@ -31,6 +31,7 @@ class PackedArray {
   void prefetch(uint64_t i) const { __builtin_prefetch(base_ + i * width_); }
   uint64_t size() const { return size_; }
   unsigned width() const { return width_; }
+  const uint8_t* bytes() const { return base_; }
 
  private:
   const uint8_t* base_ = nullptr;
