@@ -6,6 +6,11 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <tmmintrin.h>
 #define EXPOSURE_SSSE3_DISPATCH 1
+// Rank directories count bits: with the popcnt instruction where the CPU has it (chosen at load
+// time), a library call per word otherwise (x86-64's baseline has no popcnt).
+#define EXPOSURE_POPCNT_CLONES __attribute__((target_clones("popcnt", "default")))
+#else
+#define EXPOSURE_POPCNT_CLONES
 #endif
 
 #include <algorithm>
@@ -122,7 +127,7 @@ WaveletMatrix::WaveletMatrix(const IndexFile& file) {
   zeros_.assign(reinterpret_cast<const uint64_t*>(p), reinterpret_cast<const uint64_t*>(p) + levels_);
 }
 
-void WaveletMatrix::histogram(uint64_t l, uint64_t r, std::span<uint64_t> hist) const {
+EXPOSURE_POPCNT_CLONES void WaveletMatrix::histogram(uint64_t l, uint64_t r, std::span<uint64_t> hist) const {
   // Level by level, so that the rank lines of many nodes are in flight at once: a depth-first
   // walk waits for one cache miss after another, and the misses are the whole cost.
   struct Node {

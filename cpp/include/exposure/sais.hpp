@@ -105,7 +105,7 @@ class Sais {
       const Idx p = SA_[i];
       Idx& slot = SA_[n1 + p / 2];
       const Idx len = slot;
-      if (len == 0 || len != prev_len || !std::equal(T_ + p, T_ + p + len, T_ + prev)) ++names;
+      if (len == 0 || len != prev_len || !same_symbols(p, prev, len)) ++names;
       prev = p;
       prev_len = len;
       slot = names - 1;
@@ -144,6 +144,13 @@ class Sais {
   }
 
  private:
+  // LMS substrings are short (a few symbols): an inline loop beats a call to memcmp.
+  bool same_symbols(Idx p, Idx q, Idx len) const {
+    for (Idx k = 0; k < len; ++k)
+      if (T_[p + k] != T_[q + k]) return false;
+    return true;
+  }
+
   bool is_lms(Idx i) const { return i > 0 && i != kEmpty && t_.s(i) && !t_.s(i - 1); }
 
   void classify() {
