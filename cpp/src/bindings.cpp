@@ -1,5 +1,6 @@
 // Thin pybind11 layer over the library: numpy in and out without copies, the GIL released in
-// every call that does real work. Validation and user-facing messages live in python/exposure.
+// every call that does real work. Validation lives in python/exposure and in the library (whose
+// std::invalid_argument arrives as ValueError); this layer checks only the layout of what Python passes.
 #include <optional>
 
 #include <pybind11/numpy.h>

@@ -858,8 +858,10 @@ class Index:
         return np.ascontiguousarray(flat, dtype=np.uint32), offsets
 
     def _one_phrase(self, phrase: PhraseLike) -> tuple[np.ndarray, np.ndarray] | None:
-        """(tokens, offsets) of one valid short phrase, checked in plain Python (numpy's reductions cost
-        more than the whole query for a few tokens); None sends it down the general path (and its errors)."""
+        """(tokens, offsets) of one short phrase without numpy reductions (they cost more than the whole
+        query for a few tokens): an unsigned array goes to the engine as it is (the engine checks the
+        vocabulary), other ids are checked in plain Python. None sends it down the general path (and
+        its errors)."""
         if type(phrase) is np.ndarray:
             if phrase.ndim != 1 or not 0 < phrase.size <= _FAST_PHRASE_TOKENS:
                 return None
