@@ -71,9 +71,13 @@ def check_all(idx: exposure.Index, oracle: Oracle, phrases, bounds_list) -> None
         np.testing.assert_array_equal(got, want)
     for p in phrases[:10]:
         # one phrase per call takes a fast path; every form of a phrase gives the oracle's answer
-        for form in (p, np.asarray(p, dtype=np.uint32), np.asarray(p, dtype=np.int64), [int(t) for t in p]):
+        forms = [p, np.asarray(p, dtype=np.uint32), np.asarray(p, dtype=np.int64), [int(t) for t in p]]
+        if int(np.max(p)) < 2**16:
+            forms.append(np.asarray(p, dtype=np.uint16))
+        for form in forms:
             assert idx.count([form])[0] == oracle.count(p)
             assert idx.first_position([form])[0] == oracle.first(p)
+            np.testing.assert_array_equal(idx.window_counts([form], bounds_list[0])[0], oracle.windows(p, bounds_list[0]))
         np.testing.assert_array_equal(idx.positions(p), oracle.positions(p))
         np.testing.assert_array_equal(idx.positions(p, limit=3), oracle.positions(p)[:3])
 
@@ -176,6 +180,13 @@ def test_adversarial(tmp_path, kind):
     check_all(idx2, oracle, phrases, [[0, 1000, 5000, stream.size]])
     with pytest.raises(ValueError, match="at most 64"):
         idx2.count([stream[:65]])
+    # below the single-phrase fast path's length limit, the index's own limit still holds
+    idx3 = build(tmp_path, stream, "short", vocab_size=int(stream.max()) + 1, shard_tokens=3000, max_phrase_tokens=8)
+    assert idx3.max_phrase_tokens == 8
+    for form in (stream[:9], stream[:9].astype(np.uint32), stream[:9].astype(np.int64), stream[:9].tolist()):
+        with pytest.raises(ValueError, match="at most 8"):
+            idx3.count([form])
+    assert idx3.count([stream[:8]])[0] == oracle.count(stream[:8])
 
 
 def test_match_never_crosses_items(tmp_path):

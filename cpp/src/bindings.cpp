@@ -2,6 +2,9 @@
 // every call that does real work. Validation lives in python/exposure and in the library (whose
 // std::invalid_argument arrives as ValueError); this layer checks only the layout of what Python passes.
 #include <optional>
+#include <string>
+#include <type_traits>
+#include <vector>
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -20,13 +23,65 @@ namespace {
 template <class T>
 using CArray = py::array_t<T, py::array::c_style>;
 
-PhraseBatch batch(const CArray<uint32_t>& tokens, const CArray<int64_t>& offsets) {
+// A batch of phrases as the library takes it: uint32 ids are viewed in place, uint16 ids (a uint16
+// index's own dtype, the usual single phrase) are widened here, cheaper than a numpy conversion.
+struct Phrases {
+  std::vector<uint32_t> widened;
+  PhraseBatch batch;
+};
+
+template <class T>
+Phrases phrases(const CArray<T>& tokens, const CArray<int64_t>& offsets) {
   if (offsets.size() < 1) throw std::invalid_argument("offsets must have at least one element");
   const int64_t* off = offsets.data();
   for (py::ssize_t i = 0; i + 1 < offsets.size(); ++i)
     if (off[i] < 0 || off[i + 1] < off[i] || off[i + 1] > tokens.size())
       throw std::invalid_argument("malformed phrase offsets");
-  return {{tokens.data(), size_t(tokens.size())}, {off, size_t(offsets.size())}};
+  Phrases p;
+  std::span<const uint32_t> ids;
+  if constexpr (std::is_same_v<T, uint32_t>) {
+    ids = {tokens.data(), size_t(tokens.size())};
+  } else {
+    p.widened.assign(tokens.data(), tokens.data() + tokens.size());
+    ids = p.widened;
+  }
+  p.batch = {ids, {off, size_t(offsets.size())}};
+  return p;
+}
+
+// count, first_position and window_counts over phrases of T ids, named with `suffix`.
+template <class T>
+void def_queries(py::class_<Index>& cls, const std::string& suffix) {
+  cls.def(("count" + suffix).c_str(),
+          [](const Index& ix, const CArray<T>& tokens, const CArray<int64_t>& offsets) {
+            const Phrases p = phrases(tokens, offsets);
+            CArray<int64_t> out(py::ssize_t(p.batch.size()));
+            std::span<int64_t> o(out.mutable_data(), p.batch.size());
+            py::gil_scoped_release release;
+            ix.count(p.batch, o);
+            return out;
+          })
+      .def(("first_position" + suffix).c_str(),
+           [](const Index& ix, const CArray<T>& tokens, const CArray<int64_t>& offsets) {
+             const Phrases p = phrases(tokens, offsets);
+             CArray<int64_t> out(py::ssize_t(p.batch.size()));
+             std::span<int64_t> o(out.mutable_data(), p.batch.size());
+             py::gil_scoped_release release;
+             ix.first_position(p.batch, o);
+             return out;
+           })
+      .def(("window_counts" + suffix).c_str(),
+           [](const Index& ix, const CArray<T>& tokens, const CArray<int64_t>& offsets,
+              const CArray<int64_t>& bounds) {
+             const Phrases p = phrases(tokens, offsets);
+             const size_t cols = bounds.size() < 2 ? 0 : size_t(bounds.size()) - 1;
+             CArray<int64_t> out({py::ssize_t(p.batch.size()), py::ssize_t(cols)});
+             std::span<int64_t> o(out.mutable_data(), p.batch.size() * cols);
+             std::span<const int64_t> bs(bounds.data(), size_t(bounds.size()));
+             py::gil_scoped_release release;
+             ix.window_counts(p.batch, bs, o);
+             return out;
+           });
 }
 
 py::dict build_result(const ShardBuildResult& r) {
@@ -89,7 +144,8 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("data"));
 
-  py::class_<Index>(m, "Index")
+  py::class_<Index> index(m, "Index");
+  index
       .def(py::init([](const std::vector<fs::path>& dirs, uint32_t vocab, unsigned token_bytes, unsigned threads) {
              py::gil_scoped_release release;
              return std::make_unique<Index>(dirs, vocab, token_bytes, threads);
@@ -108,36 +164,6 @@ PYBIND11_MODULE(_core, m) {
              std::vector<std::vector<std::string>> r;
              for (const auto& s : ix.shards()) r.push_back(s.window_names());
              return r;
-           })
-      .def("count",
-           [](const Index& ix, const CArray<uint32_t>& tokens, const CArray<int64_t>& offsets) {
-             const PhraseBatch b = batch(tokens, offsets);
-             CArray<int64_t> out(py::ssize_t(b.size()));
-             std::span<int64_t> o(out.mutable_data(), b.size());
-             py::gil_scoped_release release;
-             ix.count(b, o);
-             return out;
-           })
-      .def("first_position",
-           [](const Index& ix, const CArray<uint32_t>& tokens, const CArray<int64_t>& offsets) {
-             const PhraseBatch b = batch(tokens, offsets);
-             CArray<int64_t> out(py::ssize_t(b.size()));
-             std::span<int64_t> o(out.mutable_data(), b.size());
-             py::gil_scoped_release release;
-             ix.first_position(b, o);
-             return out;
-           })
-      .def("window_counts",
-           [](const Index& ix, const CArray<uint32_t>& tokens, const CArray<int64_t>& offsets,
-              const CArray<int64_t>& bounds) {
-             const PhraseBatch b = batch(tokens, offsets);
-             const size_t cols = bounds.size() < 2 ? 0 : size_t(bounds.size()) - 1;
-             CArray<int64_t> out({py::ssize_t(b.size()), py::ssize_t(cols)});
-             std::span<int64_t> o(out.mutable_data(), b.size() * cols);
-             std::span<const int64_t> bs(bounds.data(), size_t(bounds.size()));
-             py::gil_scoped_release release;
-             ix.window_counts(b, bs, o);
-             return out;
            })
       .def("positions",
            [](const Index& ix, const CArray<uint32_t>& phrase, uint64_t limit) {
@@ -171,6 +197,10 @@ PYBIND11_MODULE(_core, m) {
           out.append(py::dict(py::arg("name") = f.name, py::arg("bytes") = f.bytes, py::arg("xxh64") = f.xxh64));
         return out;
       });
+  // Separate names, not overloads: pybind11 tries overloads one after another, which costs more
+  // than the conversion they would save.
+  def_queries<uint32_t>(index, "");
+  def_queries<uint16_t>(index, "_u16");
 
   py::class_<OutputHead>(m, "OutputHead")
       .def(py::init([](const CArray<float>& weight, std::optional<CArray<float>> bias) {

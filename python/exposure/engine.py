@@ -10,7 +10,6 @@ the builder. An occurrence of a phrase never crosses an item boundary.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import functools
 import json
 import os
 import re
@@ -137,12 +136,19 @@ def parse_size(text: str | int) -> int:
 _FAST_PHRASE_TOKENS = 64
 
 
-@functools.lru_cache(maxsize=_FAST_PHRASE_TOKENS)
 def _single_offsets(length: int) -> np.ndarray:
-    """Read-only ``[0, length]`` offsets of a one-phrase batch, made once per length."""
+    """Read-only ``[0, length]`` offsets of a one-phrase batch."""
     offsets = np.array([0, length], dtype=np.int64)
     offsets.flags.writeable = False
     return offsets
+
+
+# Made once: a single-phrase query must not pay for building its offsets.
+_SINGLE_OFFSETS = tuple(_single_offsets(k) for k in range(_FAST_PHRASE_TOKENS + 1))
+# Phrase arrays the engine takes as they are: non-negative ids that uint32 holds (it checks the
+# vocabulary itself).
+_ENGINE_ID_DTYPES = tuple(np.dtype(t) for t in (np.uint16, np.uint32, np.uint8))  # the usual first
+_U16 = _ENGINE_ID_DTYPES[0]  # the engine takes these without a numpy conversion (``*_u16`` calls)
 
 class IndexBuilder:
     """Builds an index from a stream fed in training order, chunk by chunk.
@@ -771,6 +777,8 @@ class Index:
             self.vocab_size = int(manifest["vocab_size"])
             self.num_tokens = int(manifest["token_count"])
             self.max_phrase_tokens: int | None = manifest.get("max_phrase_tokens")
+            # Longest phrase that skips the general validation (see _batch).
+            self._fast_len = min(_FAST_PHRASE_TOKENS, self.max_phrase_tokens or _FAST_PHRASE_TOKENS)
             items = manifest["items"]
             self.num_items = int(items["count"])
             self._item_length: int | None = items.get("length")
@@ -827,12 +835,15 @@ class Index:
 
     def _batch(self, phrases: Iterable[PhraseLike]) -> tuple[np.ndarray, np.ndarray]:
         """Flattens phrases to (uint32 tokens, int64 offsets), validating them all at once."""
-        if isinstance(phrases, np.ndarray) and phrases.ndim == 1:
-            raise ValueError("pass a list of phrases (wrap a single phrase in a list)")
         if type(phrases) is list and len(phrases) == 1:  # one short phrase: per-call latency matters there
-            fast = self._one_phrase(phrases[0])
+            p = phrases[0]
+            if type(p) is np.ndarray and p.ndim == 1 and p.dtype in _ENGINE_ID_DTYPES and 0 < p.size <= self._fast_len:
+                return p, _SINGLE_OFFSETS[p.size]
+            fast = self._one_phrase(p)
             if fast is not None:
                 return fast
+        if isinstance(phrases, np.ndarray) and phrases.ndim == 1:
+            raise ValueError("pass a list of phrases (wrap a single phrase in a list)")
         arrays = [np.asarray(p) for p in phrases]
         offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
         if not arrays:
@@ -859,19 +870,10 @@ class Index:
 
     def _one_phrase(self, phrase: PhraseLike) -> tuple[np.ndarray, np.ndarray] | None:
         """(tokens, offsets) of one short phrase without numpy reductions (they cost more than the whole
-        query for a few tokens): an unsigned array goes to the engine as it is (the engine checks the
-        vocabulary), other ids are checked in plain Python. None sends it down the general path (and
-        its errors)."""
+        query for a few tokens), checked in plain Python. None sends it down the general path (and its
+        errors). Unsigned arrays of up to 32-bit ids do not come here: ``_batch`` passes them on as they are."""
         if type(phrase) is np.ndarray:
-            if phrase.ndim != 1 or not 0 < phrase.size <= _FAST_PHRASE_TOKENS:
-                return None
-            if phrase.dtype.kind == "u" and phrase.itemsize <= 4:
-                # Non-negative ids that uint32 holds: the engine converts them and checks the
-                # vocabulary itself.
-                if self.max_phrase_tokens is not None and phrase.size > self.max_phrase_tokens:
-                    return None
-                return phrase, _single_offsets(phrase.size)
-            if phrase.dtype.kind != "i":
+            if phrase.ndim != 1 or phrase.dtype.kind != "i" or not 0 < phrase.size <= _FAST_PHRASE_TOKENS:
                 return None
             values = phrase.tolist()
         elif type(phrase) is list and 0 < len(phrase) <= _FAST_PHRASE_TOKENS and all(type(t) is int for t in phrase):
@@ -882,19 +884,17 @@ class Index:
             return None
         if self.max_phrase_tokens is not None and len(values) > self.max_phrase_tokens:
             return None
-        if type(phrase) is np.ndarray and phrase.dtype == np.uint32 and phrase.flags.c_contiguous:
-            tokens = phrase
-        else:
-            tokens = np.array(values, dtype=np.uint32)
-        return tokens, _single_offsets(len(values))
+        return np.array(values, dtype=np.uint32), _SINGLE_OFFSETS[len(values)]
 
     def count(self, phrases: Iterable[PhraseLike]) -> np.ndarray:
         """Number of occurrences of each phrase (int64)."""
-        return self._core.count(*self._batch(phrases))
+        tokens, offsets = self._batch(phrases)
+        return (self._core.count_u16 if tokens.dtype is _U16 else self._core.count)(tokens, offsets)
 
     def first_position(self, phrases: Iterable[PhraseLike]) -> np.ndarray:
         """Smallest stream offset at which each phrase occurs, -1 when it never does."""
-        return self._core.first_position(*self._batch(phrases))
+        tokens, offsets = self._batch(phrases)
+        return (self._core.first_position_u16 if tokens.dtype is _U16 else self._core.first_position)(tokens, offsets)
 
     def window_counts(self, phrases: Iterable[PhraseLike], boundaries: Iterable[int] | np.ndarray) -> np.ndarray:
         """Occurrences of each phrase with start offset in each window [b_k, b_k+1): int64
@@ -908,7 +908,8 @@ class Index:
         tokens, offsets = self._batch(phrases)
         # The engine checks that they are non-negative and strictly increasing: a check here
         # would cost more than the query.
-        return self._core.window_counts(tokens, offsets, b.astype(np.int64, copy=False))
+        wc = self._core.window_counts_u16 if tokens.dtype is _U16 else self._core.window_counts
+        return wc(tokens, offsets, b.astype(np.int64, copy=False))
 
     def add_windows(self, name: str, boundaries: Iterable[int] | np.ndarray) -> None:
         """Builds and stores a window structure so window_counts over these boundaries (or any
