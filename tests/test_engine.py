@@ -3,6 +3,8 @@ hypothesis-generated streams, with and without item boundaries, in one and sever
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +121,41 @@ def test_random_corpora(tmp_path, dtype, items, shard_tokens):
     subset = bounds_store[::3]
     check_all(idx, oracle, phrases, [bounds_store, subset, [0, 1234, 2500, n], [n // 3, n // 2]])
     assert idx.num_tokens == n
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_sampled_keys_narrow_the_search_exactly(tmp_path, dtype):
+    """Buckets far wider than the key stride: phrases of 2-7 tokens (shorter, as long as and longer
+    than the key), present and absent, at the text's end and across item boundaries, against the
+    oracle; an index without key files (built before they existed) answers the same."""
+    rng = np.random.default_rng(21)
+    n = 40_000
+    ids = np.array([3, 7, 9]) if dtype == np.uint16 else np.array([3, 70_007, 140_009])  # 33-bit keys too
+    stream = ids[rng.integers(0, 3, size=n)].astype(dtype)
+    starts = np.concatenate([[0], np.sort(rng.choice(np.arange(1, n), 300, replace=False))])
+    idx = build(tmp_path, stream, vocab_size=int(ids.max()) + 1, item_starts=starts, shard_tokens=15_000)
+    assert idx.num_shards > 1
+    assert all((tmp_path / "ix" / s["dir"] / "keys.bin").exists() for s in idx.manifest["shards"])
+    oracle = Oracle(stream, starts)
+    phrases = [stream[i : i + m] for m in range(2, 8) for i in rng.integers(0, n - m, 10)]
+    phrases += [stream[-m:] for m in range(2, 8)]  # suffixes that run into the end of the text
+    phrases += [ids[rng.integers(0, 3, size=m)].astype(dtype) for m in range(2, 8) for _ in range(6)]
+    phrases += [np.array([ids[0], ids[0] + 1], dtype=dtype), np.array([ids[2], 0, ids[1]], dtype=dtype)]  # absent
+    assert any(oracle.count(p) == 0 for p in phrases) and any(oracle.count(p) > 500 for p in phrases)
+    check_all(idx, oracle, phrases, [[0, n // 3, n]])
+    # the same index without its key files: the plain search
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "ix", old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for s in manifest["shards"]:
+        (old / s["dir"] / "keys.bin").unlink()
+        del s["files"]["keys.bin"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    plain = exposure.Index(old)
+    np.testing.assert_array_equal(plain.count(phrases), idx.count(phrases))
+    np.testing.assert_array_equal(plain.first_position(phrases), idx.first_position(phrases))
+    for p in phrases[:20]:
+        assert plain.count([p])[0] == idx.count([p])[0]
 
 
 def test_windows_fast_path_agrees_with_scan(tmp_path):
@@ -300,6 +337,25 @@ def test_truncated_and_foreign_files(tmp_path):
         exposure.Index(tmp_path / "ix")
     with pytest.raises(exposure.IndexFileError, match="checksum"):
         exposure.Index(tmp_path / "ix", verify=True)
+    # the sampled keys: truncated, or another shard's
+    stream = np.random.default_rng(1).integers(0, 9, 5000).astype(np.uint16)
+    build(tmp_path, stream, "k", item_length=100, shard_tokens=2000)
+    keys = tmp_path / "k" / "shard-00000" / "keys.bin"
+    data = keys.read_bytes()
+    keys.write_bytes(data[:-3])
+    with pytest.raises(exposure.IndexFileError, match="keys.bin.*truncated"):
+        exposure.Index(tmp_path / "k")
+    other = (shard / "keys.bin").read_bytes()  # the one-shard index's
+    assert len(other) != len(data)
+    keys.write_bytes(other)
+    with pytest.raises(exposure.IndexFileError, match="keys.bin is truncated or altered"):
+        exposure.Index(tmp_path / "k")  # the manifest's size
+    manifest = tmp_path / "k" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["shards"][0]["files"]["keys.bin"]["bytes"] = len(other)
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(exposure.IndexFileError, match="keys.bin does not match its suffix array"):
+        exposure.Index(tmp_path / "k")  # the engine's own check
 
 
 def test_version_mismatch_and_missing_manifest(tmp_path):
@@ -366,7 +422,7 @@ def test_manifest_records_sizes_and_checksums(tmp_path):
     m = idx.manifest
     assert m["token_dtype"] == "uint16" and m["token_count"] == 3000 and m["items"] == {"count": 24, "length": 128}
     for s in m["shards"]:
-        assert set(s["files"]) == {"tokens.bin", "sa.bin", "buckets.bin", "rmq.bin", "separators.bin",
+        assert set(s["files"]) == {"tokens.bin", "sa.bin", "buckets.bin", "rmq.bin", "separators.bin", "keys.bin",
                                    "windows-pythia.bin"}
         for name, rec in s["files"].items():
             assert (tmp_path / "ix" / s["dir"] / name).stat().st_size == rec["bytes"]

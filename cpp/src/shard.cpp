@@ -6,6 +6,8 @@
 #include <chrono>
 #include <future>
 #include <stdexcept>
+#include <tuple>
+#include <utility>
 
 #include "exposure/sais.hpp"
 
@@ -18,6 +20,7 @@ constexpr const char* kSa = "sa.bin";
 constexpr const char* kBuckets = "buckets.bin";
 constexpr const char* kRmq = "rmq.bin";
 constexpr const char* kSeps = "separators.bin";
+constexpr const char* kKeys = "keys.bin";
 
 std::string window_file(const std::string& name) { return "windows-" + name + ".bin"; }
 
@@ -118,6 +121,15 @@ Shard::Shard(const fs::path& dir, uint32_t vocab_size, unsigned token_bytes)
   rmq_file_ = IndexFile(dir / kRmq, FileKind::Rmq);
   rmq_ = RangeMin(rmq_file_, sa_);
 
+  if (fs::exists(dir / kKeys)) {
+    keys_file_ = IndexFile(dir / kKeys, FileKind::Keys);
+    const FileHeader& kh = keys_file_.header();
+    if (kh.elem_bytes != 8 || kh.aux32 != SuffixKeys::kStride ||
+        kh.count != (sa_.size() + SuffixKeys::kStride - 1) / SuffixKeys::kStride)
+      throw IndexFileError("key file " + keys_file_.path().string() + " does not match its suffix array");
+    keys_ = {reinterpret_cast<const uint64_t*>(keys_file_.payload()), kh.count};
+  }
+
   for (const auto& entry : fs::directory_iterator(dir)) {
     const std::string fname = entry.path().filename().string();
     if (fname.rfind("windows-", 0) == 0 && fname.size() > 12 && fname.ends_with(".bin")) {
@@ -132,52 +144,6 @@ Shard::Shard(const fs::path& dir, uint32_t vocab_size, unsigned token_bytes)
 }
 
 template <class T>
-std::pair<uint64_t, uint64_t> Shard::find_impl(std::span<const uint32_t> p) const {
-  const T* text = reinterpret_cast<const T*>(text_);
-  const uint64_t m = p.size();
-  uint64_t lo = buckets_[p[0]], hi = buckets_[p[0] + 1];
-  if (m == 1 || lo == hi) return {lo, hi};
-  // Compare the suffix at q with the phrase from token 1 on (token 0 matches inside the bucket).
-  auto cmp = [&](uint64_t q) -> int {
-    for (uint64_t k = 1; k < m; ++k) {
-      if (q + k >= n_text_) return -1;  // the suffix ends first: it sorts before the phrase
-      const uint32_t t = text[q + k];
-      if (t != p[k]) return t < p[k] ? -1 : 1;
-    }
-    return 0;
-  };
-  // Narrow both ends together while the midpoint is outside the match range.
-  while (lo < hi) {
-    const uint64_t mid = lo + (hi - lo) / 2;
-    const int c = cmp(sa_[mid]);
-    if (c < 0)
-      lo = mid + 1;
-    else if (c > 0)
-      hi = mid;
-    else {
-      uint64_t a = lo, b = mid;  // lower bound in [lo, mid]
-      while (a < b) {
-        const uint64_t x = a + (b - a) / 2;
-        if (cmp(sa_[x]) < 0)
-          a = x + 1;
-        else
-          b = x;
-      }
-      uint64_t c2 = mid + 1, d = hi;  // upper bound in (mid, hi]
-      while (c2 < d) {
-        const uint64_t x = c2 + (d - c2) / 2;
-        if (cmp(sa_[x]) <= 0)
-          c2 = x + 1;
-        else
-          d = x;
-      }
-      return {a, c2};
-    }
-  }
-  return {lo, lo};
-}
-
-template <class T>
 void Shard::find_many_impl(std::span<const std::span<const uint32_t>> phrases,
                            std::pair<uint64_t, uint64_t>* out) const {
   const T* text = reinterpret_cast<const T*>(text_);
@@ -187,8 +153,13 @@ void Shard::find_many_impl(std::span<const std::span<const uint32_t>> phrases,
     uint32_t m;
     bool upper;  // upper bound (first suffix > phrase) vs lower bound (first suffix >= phrase)
     size_t out;
+    uint64_t ja, jb, kp;  // key phase: partition point among samples [ja, jb); the phrase's key
+    unsigned shift;       // key bits beyond the phrase (dropped before comparing)
+    bool keyed;
   };
   constexpr size_t kGroup = 8;  // phrases per group: 16 searches in flight
+  constexpr uint64_t S = SuffixKeys::kStride;
+  const SuffixKeys sk(tbytes_);
   Search st[2 * kGroup];
   for (size_t g = 0; g < phrases.size(); g += kGroup) {
     size_t ns = 0;
@@ -197,10 +168,59 @@ void Shard::find_many_impl(std::span<const std::span<const uint32_t>> phrases,
       const uint64_t lo = buckets_[p[0]], hi = buckets_[p[0] + 1];
       out[i] = {lo, hi};
       if (p.size() == 1 || lo == hi) continue;
-      st[ns++] = {lo, hi, 0, 0, p.data(), uint32_t(p.size()), false, i};
-      st[ns++] = {lo, hi, 0, 0, p.data(), uint32_t(p.size()), true, i};
+      const uint64_t j0 = (lo + S - 1) / S, j1 = (hi + S - 1) / S;  // samples inside the bucket
+      const bool keyed = !keys_.empty() && j1 > j0 + 1;
+      const unsigned kt = unsigned(std::min<uint64_t>(sk.tokens, p.size() - 1));
+      uint64_t kp = 0;
+      for (unsigned k = 1; k <= kt; ++k) kp = (kp << sk.bits) | (uint64_t(p[k]) + 1);
+      const unsigned shift = sk.bits * (sk.tokens - kt);
+      st[ns++] = {lo, hi, 0, 0, p.data(), uint32_t(p.size()), false, i, j0, j1, kp, shift, keyed};
+      st[ns++] = {lo, hi, 0, 0, p.data(), uint32_t(p.size()), true, i, j0, j1, kp, shift, keyed};
     }
-    bool active = ns > 0;
+    // Key phase: the lower search finds A, the samples whose key is below the phrase's; the upper
+    // search B, those not above it. Samples before A sort before the phrase, samples from B on
+    // after it; when the key holds the whole phrase, a sample with an equal key starts with it.
+    bool active = false;
+    for (size_t k = 0; k < ns; ++k) active |= st[k].keyed;
+    while (active) {
+      for (size_t k = 0; k < ns; ++k)
+        if (st[k].keyed && st[k].ja < st[k].jb) {
+          const uint64_t a = st[k].ja, b = st[k].jb, mid = a + (b - a) / 2;
+          st[k].mid = mid;
+          __builtin_prefetch(&keys_[a + (mid - a) / 2]);
+          if (mid + 1 < b) __builtin_prefetch(&keys_[mid + 1 + (b - mid - 1) / 2]);
+        }
+      active = false;
+      for (size_t k = 0; k < ns; ++k) {
+        Search& s = st[k];
+        if (!s.keyed || s.ja >= s.jb) continue;
+        const uint64_t key = keys_[s.mid] >> s.shift;
+        if (s.upper ? key <= s.kp : key < s.kp)
+          s.ja = s.mid + 1;
+        else
+          s.jb = s.mid;
+        active |= s.ja < s.jb;
+      }
+    }
+    // The text search of each bound then covers at most the stride around its sample bound (or,
+    // for phrases longer than the key, the samples with an equal key and a stride each side).
+    for (size_t k = 0; k < ns; k += 2) {
+      Search &lower = st[k], &upper = st[k + 1];
+      if (!lower.keyed) continue;
+      const uint64_t lo = lower.lo, hi = lower.hi;  // the bucket
+      const uint64_t j0 = (lo + S - 1) / S, j1 = (hi + S - 1) / S;
+      const auto after = [&](uint64_t x) { return x > j0 ? (x - 1) * S + 1 : lo; };
+      const auto upto = [&](uint64_t x) { return x < j1 ? x * S : hi; };
+      const uint64_t a = lower.ja, b = upper.ja;
+      if (lower.m - 1 <= sk.tokens) {
+        std::tie(lower.lo, lower.hi) = std::pair(after(a), upto(a));
+        std::tie(upper.lo, upper.hi) = std::pair(after(b), upto(b));
+      } else {
+        std::tie(lower.lo, lower.hi) = std::pair(after(a), upto(b));
+        std::tie(upper.lo, upper.hi) = std::pair(after(a), upto(b));
+      }
+    }
+    active = ns > 0;
     while (active) {
       // Besides this step's midpoint, prefetch both possible midpoints of the next step: whichever
       // way the comparison goes, its suffix-array entry is then already on its way.
@@ -255,7 +275,9 @@ std::pair<uint64_t, uint64_t> Shard::find(std::span<const uint32_t> phrase) cons
   if (phrase.empty()) throw std::invalid_argument("empty phrase");
   for (uint32_t t : phrase)
     if (t >= vocab_) throw std::invalid_argument("token id " + std::to_string(t) + " is outside the vocabulary");
-  return tbytes_ == 2 ? find_impl<uint16_t>(phrase) : find_impl<uint32_t>(phrase);
+  std::pair<uint64_t, uint64_t> range;
+  find_many({&phrase, 1}, &range);
+  return range;
 }
 
 int64_t Shard::first_position(std::pair<uint64_t, uint64_t> range) const {
@@ -443,6 +465,14 @@ ShardBuildResult build_shard(std::span<const T> text, const fs::path& dir, uint6
     auto sa_file = std::async(std::launch::async, [&] {
       return write_file(dir, kSa, make_header(FileKind::SuffixArray, kept, width), packed, kept * width);
     });
+    const SuffixKeys sk(sizeof(T));
+    std::vector<uint64_t> keys((kept + SuffixKeys::kStride - 1) / SuffixKeys::kStride);
+    for (uint64_t j = 0; j < keys.size(); ++j) {
+      if (j + 16 < keys.size()) __builtin_prefetch(text.data() + view[(j + 16) * SuffixKeys::kStride]);
+      keys[j] = sk.of(text.data(), n, view[j * SuffixKeys::kStride]);
+    }
+    res.files.push_back(write_file(dir, kKeys, make_header(FileKind::Keys, keys.size(), 8, SuffixKeys::kStride),
+                                   keys.data(), 8 * keys.size()));
     auto [hash, bytes] = RangeMin::write(dir / kRmq, view);
     for (const FileRecord& r : early.get()) res.files.push_back(r);
     res.files.push_back(sa_file.get());

@@ -59,6 +59,7 @@ enum class FileKind : uint32_t {
   Rmq = 4,          // block minima + sparse table; aux32 = block size, aux64[0] = blocks
   Separators = 5,   // uint64 text positions of separators
   Windows = 6,      // wavelet matrix over window ids; see wavelet.hpp
+  Keys = 7,         // uint64 sampled suffix keys (see SuffixKeys in shard.hpp); aux32 = sampling stride
 };
 
 // Read-only memory map of a whole file. Move-only.
