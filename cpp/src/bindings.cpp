@@ -49,27 +49,22 @@ Phrases phrases(const CArray<T>& tokens, const CArray<int64_t>& offsets) {
   return p;
 }
 
+// A query with one int64 answer per phrase (count, first_position).
+template <class T, void (Index::*Query)(const PhraseBatch&, std::span<int64_t>) const>
+CArray<int64_t> per_phrase(const Index& ix, const CArray<T>& tokens, const CArray<int64_t>& offsets) {
+  const Phrases p = phrases(tokens, offsets);
+  CArray<int64_t> out(py::ssize_t(p.batch.size()));
+  std::span<int64_t> o(out.mutable_data(), p.batch.size());
+  py::gil_scoped_release release;
+  (ix.*Query)(p.batch, o);
+  return out;
+}
+
 // count, first_position and window_counts over phrases of T ids, named with `suffix`.
 template <class T>
 void def_queries(py::class_<Index>& cls, const std::string& suffix) {
-  cls.def(("count" + suffix).c_str(),
-          [](const Index& ix, const CArray<T>& tokens, const CArray<int64_t>& offsets) {
-            const Phrases p = phrases(tokens, offsets);
-            CArray<int64_t> out(py::ssize_t(p.batch.size()));
-            std::span<int64_t> o(out.mutable_data(), p.batch.size());
-            py::gil_scoped_release release;
-            ix.count(p.batch, o);
-            return out;
-          })
-      .def(("first_position" + suffix).c_str(),
-           [](const Index& ix, const CArray<T>& tokens, const CArray<int64_t>& offsets) {
-             const Phrases p = phrases(tokens, offsets);
-             CArray<int64_t> out(py::ssize_t(p.batch.size()));
-             std::span<int64_t> o(out.mutable_data(), p.batch.size());
-             py::gil_scoped_release release;
-             ix.first_position(p.batch, o);
-             return out;
-           })
+  cls.def(("count" + suffix).c_str(), &per_phrase<T, &Index::count>)
+      .def(("first_position" + suffix).c_str(), &per_phrase<T, &Index::first_position>)
       .def(("window_counts" + suffix).c_str(),
            [](const Index& ix, const CArray<T>& tokens, const CArray<int64_t>& offsets,
               const CArray<int64_t>& bounds) {
