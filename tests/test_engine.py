@@ -123,6 +123,24 @@ def test_random_corpora(tmp_path, dtype, items, shard_tokens):
     assert idx.num_tokens == n
 
 
+def test_many_shards_small_batches(tmp_path):
+    """Over 128 shards a batch too small to occupy the threads is split by shards instead of phrases
+    (count, window_counts); both splits, and one thread, give the oracle's answers."""
+    rng = np.random.default_rng(8)
+    n = 5000
+    stream = rng.integers(0, 4, size=n).astype(np.uint16)
+    bounds = np.unique(np.concatenate([[0, n], rng.integers(0, n, size=12)]))
+    idx = build(tmp_path, stream, vocab_size=4, item_length=97, shard_tokens=35, max_phrase_tokens=6,
+                windows={"w": bounds})
+    assert idx.num_shards >= 128
+    oracle = Oracle(stream, np.arange(0, n, 97))
+    phrases = phrases_for(stream, rng, 300, 4, max_len=6)
+    for threads in (1, 2, 3):
+        idx.threads = threads
+        for batch in (phrases[:5], phrases[5:90], phrases):  # by shards (threads > 1), by shards or phrases, by phrases
+            check_all(idx, oracle, batch, [bounds, [0, 1000, 4000]])
+
+
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
 def test_sampled_keys_narrow_the_search_exactly(tmp_path, dtype):
     """Buckets far wider than the key stride: phrases of 2-7 tokens (shorter, as long as and longer

@@ -5,6 +5,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <thread>
+#include <type_traits>
 
 namespace exposure {
 
@@ -72,38 +73,83 @@ void ranges_in(const Shard& s, const PhraseBatch& phrases, size_t b, size_t e,
   ranges.resize(views.size());
   s.find_many(views, ranges.data());
 }
+
+constexpr size_t kMinPhrasesPerWorker = 64;
+constexpr size_t kMinShardsPerWorker = 64;  // a search is 0.5-2 us per shard, starting a thread tens of us
+
+// A batch is split over threads by phrases. When that would leave threads idle (few phrases) and the
+// index has enough shards to pay for starting threads, it is split by shards instead: each worker
+// answers every phrase over a run of shards, the first into `out`, the others into their own parts,
+// which merge(out, part) folds in shard order. Without a merge (nullptr), always by phrases.
+// answer(phrase_begin, phrase_end, shard_begin, shard_end, rows) writes `width` answers per phrase.
+template <class Answer, class Merge>
+void split(unsigned threads, size_t phrases, size_t shards, size_t width, std::span<int64_t> out,
+           const Answer& answer, const Merge& merge) {
+  size_t workers = 1;
+  if constexpr (!std::is_same_v<Merge, std::nullptr_t>) {
+    if (threads > 1 && phrases > 0 && (phrases + kMinPhrasesPerWorker - 1) / kMinPhrasesPerWorker < threads)
+      workers = std::clamp<size_t>(shards / kMinShardsPerWorker, 1, threads);
+  }
+  if (workers <= 1) {
+    parallel_for(phrases, threads, [&](size_t b, size_t e) {
+      answer(b, e, 0, shards, out.subspan(b * width, (e - b) * width));
+    }, kMinPhrasesPerWorker);
+    return;
+  }
+  const size_t chunk = (shards + workers - 1) / workers;
+  std::vector<std::vector<int64_t>> parts(workers);
+  parallel_for(workers, unsigned(workers), [&](size_t wb, size_t we) {
+    for (size_t w = wb; w < we; ++w) {
+      std::span<int64_t> dst = out;
+      if (w > 0) {
+        parts[w].resize(out.size());
+        dst = parts[w];
+      }
+      answer(0, phrases, std::min(shards, w * chunk), std::min(shards, (w + 1) * chunk), dst);
+    }
+  }, 1);
+  if constexpr (!std::is_same_v<Merge, std::nullptr_t>) {
+    for (size_t w = 1; w < workers; ++w) merge(out, std::span<const int64_t>(parts[w]));
+  }
+}
+
+void add(std::span<int64_t> out, std::span<const int64_t> part) {
+  for (size_t i = 0; i < out.size(); ++i) out[i] += part[i];
+}
 }  // namespace
 
 void Index::count(const PhraseBatch& phrases, std::span<int64_t> out) const {
   validate(phrases);
-  parallel_for(phrases.size(), threads_, [&](size_t b, size_t e) {
+  const auto answer = [&](size_t b, size_t e, size_t s0, size_t s1, std::span<int64_t> dst) {
     std::vector<std::span<const uint32_t>> views;
     std::vector<std::pair<uint64_t, uint64_t>> ranges;
-    std::fill(out.begin() + std::ptrdiff_t(b), out.begin() + std::ptrdiff_t(e), 0);
-    for (const Shard& s : shards_) {
-      ranges_in(s, phrases, b, e, views, ranges);
-      for (size_t i = b; i < e; ++i) out[i] += int64_t(ranges[i - b].second - ranges[i - b].first);
+    std::fill(dst.begin(), dst.end(), 0);
+    for (size_t s = s0; s < s1; ++s) {
+      ranges_in(shards_[s], phrases, b, e, views, ranges);
+      for (size_t i = b; i < e; ++i) dst[i - b] += int64_t(ranges[i - b].second - ranges[i - b].first);
     }
-  });
+  };
+  split(threads_, phrases.size(), shards_.size(), 1, out, answer, add);
 }
 
 void Index::first_position(const PhraseBatch& phrases, std::span<int64_t> out) const {
   validate(phrases);
-  parallel_for(phrases.size(), threads_, [&](size_t b, size_t e) {
+  const auto answer = [&](size_t b, size_t e, size_t s0, size_t s1, std::span<int64_t> dst) {
     std::vector<std::span<const uint32_t>> views;
     std::vector<std::pair<uint64_t, uint64_t>> ranges;
-    std::fill(out.begin() + std::ptrdiff_t(b), out.begin() + std::ptrdiff_t(e), -1);
+    std::fill(dst.begin(), dst.end(), -1);
     size_t unresolved = e - b;
-    for (const Shard& s : shards_) {  // training order: the first shard with a hit has the answer
-      if (unresolved == 0) break;
-      ranges_in(s, phrases, b, e, views, ranges);
+    for (size_t s = s0; s < s1 && unresolved > 0; ++s) {  // training order: the first shard with a hit has the answer
+      ranges_in(shards_[s], phrases, b, e, views, ranges);
       for (size_t i = b; i < e; ++i) {
-        if (out[i] >= 0) continue;
-        out[i] = s.first_position(ranges[i - b]);
-        if (out[i] >= 0) --unresolved;
+        if (dst[i - b] >= 0) continue;
+        dst[i - b] = shards_[s].first_position(ranges[i - b]);
+        if (dst[i - b] >= 0) --unresolved;
       }
     }
-  });
+  };
+  // Never split by shards: walking shards in order stops at the first hit, usually an early shard.
+  split(threads_, phrases.size(), shards_.size(), 1, out, answer, nullptr);
 }
 
 void Index::window_counts(const PhraseBatch& phrases, std::span<const int64_t> signed_boundaries,
@@ -121,14 +167,16 @@ void Index::window_counts(const PhraseBatch& phrases, std::span<const int64_t> s
   const auto cached = plans_for(boundaries);
   const std::vector<const Shard*>& relevant = cached->shards;
   const std::vector<WindowPlan>& plans = cached->plans;
-  parallel_for(phrases.size(), threads_, [&](size_t b, size_t e) {
+  const auto answer = [&](size_t b, size_t e, size_t k0, size_t k1, std::span<int64_t> dst) {
     std::vector<uint64_t> scratch;
+    std::fill(dst.begin(), dst.end(), 0);
     for (size_t i = b; i < e; ++i) {
-      std::span<int64_t> row = out.subspan(i * cols, cols);
-      for (size_t k = 0; k < relevant.size(); ++k)
+      std::span<int64_t> row = dst.subspan((i - b) * cols, cols);
+      for (size_t k = k0; k < k1; ++k)
         relevant[k]->window_counts(relevant[k]->find(phrases[i]), plans[k], row, scratch);
     }
-  });
+  };
+  split(threads_, phrases.size(), relevant.size(), cols, out, answer, add);
 }
 
 std::shared_ptr<const Index::Plans> Index::plans_for(std::span<const uint64_t> boundaries) const {

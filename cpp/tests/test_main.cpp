@@ -343,6 +343,62 @@ void test_shard_queries_and_errors() {
   fs::remove_all(dir);
 }
 
+// An index of 130 one-item shards: batches too small to occupy the threads are split by shards
+// (two runs of 65 shards, answers folded in shard order); every thread count gives the
+// brute-force answers, for single phrases and small batches.
+void test_many_shards() {
+  std::mt19937_64 rng(5);
+  const uint32_t vocab = 3;
+  const size_t item = 50, n_shards = 130;
+  std::vector<uint16_t> stream(item * n_shards);
+  for (auto& t : stream) t = uint16_t(rng() % vocab);
+  std::vector<fs::path> dirs;
+  for (size_t k = 0; k < n_shards; ++k) {
+    dirs.push_back(temp_dir("many-" + std::to_string(k)));
+    const auto from = stream.begin() + std::ptrdiff_t(k * item);
+    std::vector<uint16_t> text(from, from + std::ptrdiff_t(item));
+    text.push_back(uint16_t(vocab));
+    build_shard<uint16_t>(text, dirs.back(), k * item, text.size(), vocab, {});
+  }
+  const std::vector<int64_t> bounds{0, 100, 3200, 3300, 6500};
+  for (unsigned threads : {1u, 2u, 3u, 8u}) {
+    Index ix(dirs, vocab, 2, threads);
+    for (size_t batch : {size_t(1), size_t(7)}) {
+      for (int q = 0; q < 20; ++q) {
+        std::vector<uint32_t> tokens;
+        std::vector<int64_t> off{0};
+        for (size_t i = 0; i < batch; ++i) {
+          const size_t m = rng() % 5 + 1;
+          for (size_t k = 0; k < m; ++k) tokens.push_back(uint32_t(rng() % vocab));
+          off.push_back(int64_t(tokens.size()));
+        }
+        const PhraseBatch b{tokens, off};
+        std::vector<int64_t> cnt(batch), first(batch), wc(batch * (bounds.size() - 1));
+        ix.count(b, cnt);
+        ix.first_position(b, first);
+        ix.window_counts(b, bounds, wc);
+        for (size_t i = 0; i < batch; ++i) {
+          const auto p = b[i];
+          int64_t c = 0, f = -1;
+          std::vector<int64_t> w(bounds.size() - 1, 0);
+          for (size_t s = 0; s + p.size() <= stream.size(); ++s) {
+            if (s / item != (s + p.size() - 1) / item) continue;
+            if (!std::equal(p.begin(), p.end(), stream.begin() + std::ptrdiff_t(s))) continue;
+            ++c;
+            if (f < 0) f = int64_t(s);
+            for (size_t k = 0; k + 1 < bounds.size(); ++k)
+              w[k] += int64_t(s) >= bounds[k] && int64_t(s) < bounds[k + 1];
+          }
+          CHECK(cnt[i] == c);
+          CHECK(first[i] == f);
+          CHECK(std::equal(w.begin(), w.end(), wc.begin() + std::ptrdiff_t(i * w.size())));
+        }
+      }
+    }
+  }
+  for (const auto& d : dirs) fs::remove_all(d);
+}
+
 // The logsumexp kernel against a double-precision reference: ragged vocabularies (panel padding),
 // any dimension, row counts around the 6-row tiles and 96-row tasks, with and without bias; a
 // logit far above each row's first 128 (exact path), a NaN row, -inf bias entries.
@@ -415,6 +471,7 @@ int main() {
   test_range_min_and_wavelet();
   test_wavelet_levels();
   test_shard_queries_and_errors();
+  test_many_shards();
   test_output_head_logsumexp();
   std::printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
   return g_failures == 0 ? 0 : 1;
