@@ -31,9 +31,12 @@ MANIFEST = "manifest.json"
 SHARD_META = "shard.json"
 _DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 _WINDOW_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-# Bytes of memory per text token while a shard is built: the text itself, the 32-bit suffix
-# array (64-bit beyond 2^32 tokens), SA-IS type bits, and the window-structure scratch.
+# Bytes of memory per text token while a shard is built, beyond the text itself: the suffix array
+# (32-bit entries; 64-bit for texts of 2^32 - 1 tokens or more), SA-IS type bits, and the
+# window-structure scratch.
 _SA_OVERHEAD = 4.3
+_SA_OVERHEAD_WIDE = 8.3
+_MAX_NARROW_TEXT = 2**32 - 2  # the longest shard text sorted with 32-bit entries
 _FIXED_OVERHEAD = 96 << 20
 _MIN_PARALLEL_SHARD = 16 << 20
 
@@ -205,10 +208,13 @@ class IndexBuilder:
         self._check_target()
         self.partial.mkdir(parents=True, exist_ok=True)
 
-        per_token = self.dtype.itemsize + _SA_OVERHEAD
         self.parallel = self.threads
         usable = max(self.budget - _FIXED_OVERHEAD, 1 << 20)
-        cap = int(usable / (per_token * self.parallel)) - self.overlap
+        per_shard = usable / self.parallel
+        cap = int(per_shard / (self.dtype.itemsize + _SA_OVERHEAD)) - self.overlap
+        if cap + self.overlap > _MAX_NARROW_TEXT:  # a longer text sorts with 64-bit entries
+            wide = int(per_shard / (self.dtype.itemsize + _SA_OVERHEAD_WIDE)) - self.overlap
+            cap = wide if wide + self.overlap > _MAX_NARROW_TEXT else _MAX_NARROW_TEXT - self.overlap
         if cap < 1024 and shard_tokens is None:
             raise ValueError(
                 f"memory budget of {self.budget} bytes is too small for {self.parallel} parallel shard builds "
