@@ -287,24 +287,23 @@ def test_hypothesis_against_oracle(tmp_path_factory, case):
 # ------------------------------------------------------------------------------ streaming build
 def test_shard_size_fits_the_memory_budget(tmp_path):
     """The planned shard text, at the bytes per token its suffix sort takes (32-bit entries, 64-bit
-    from 2^32 - 1 tokens on), fits the budget shared by the shards built side by side."""
+    from 2^32 - 1 tokens on), fits the budget shared by the shards built side by side, and one token
+    more would not (or the text is at the 32-bit limit, where 64-bit entries would fit fewer)."""
     from exposure.engine import _FIXED_OVERHEAD, _MAX_NARROW_TEXT, _SA_OVERHEAD, _SA_OVERHEAD_WIDE
 
-    for budget, threads, dtype in [("8G", 2, np.uint16), ("30G", 1, np.uint16), ("200G", 1, np.uint16),
-                                   ("200G", 4, np.uint32), ("1T", 3, np.uint16)]:
+    for budget, threads, dtype, at_limit in [("8G", 2, np.uint16, False), ("30G", 1, np.uint16, True),
+                                             ("200G", 1, np.uint16, False), ("200G", 4, np.uint32, False),
+                                             ("1T", 3, np.uint16, False)]:
         with exposure.IndexBuilder(tmp_path / f"{budget}-{threads}", dtype=dtype, vocab_size=5, progress=False,
                                    memory_budget_bytes=budget, threads=threads, max_phrase_tokens=16) as b:
-            text = b.cap + 15  # the longest shard text: the cap plus the overlap tail
-            per_token = np.dtype(dtype).itemsize + (_SA_OVERHEAD if text <= _MAX_NARROW_TEXT else _SA_OVERHEAD_WIDE)
-            assert text * per_token * threads <= b.budget - _FIXED_OVERHEAD
-            # and no smaller than it must be: one token more would not fit, or would need 64-bit entries
-            more = text + 1
-            per_more = np.dtype(dtype).itemsize + (_SA_OVERHEAD if more <= _MAX_NARROW_TEXT else _SA_OVERHEAD_WIDE)
-            assert more * per_more * threads > b.budget - _FIXED_OVERHEAD or text == _MAX_NARROW_TEXT
-    # 30G for one 16-bit shard: 64-bit entries would not fit more tokens than the 32-bit limit
-    with exposure.IndexBuilder(tmp_path / "limit", dtype=np.uint16, vocab_size=5, progress=False,
-                               memory_budget_bytes="30G", threads=1, max_phrase_tokens=16) as b:
-        assert b.cap + 15 == _MAX_NARROW_TEXT
+            def need(tokens: int) -> float:
+                per_token = np.dtype(dtype).itemsize + (_SA_OVERHEAD if tokens <= _MAX_NARROW_TEXT else _SA_OVERHEAD_WIDE)
+                return tokens * per_token * threads
+
+            usable = b.budget - _FIXED_OVERHEAD
+            assert need(b.buf_len) <= usable  # buf_len: the cap plus the overlap tail
+            assert (b.buf_len == _MAX_NARROW_TEXT) == at_limit
+            assert at_limit or need(b.buf_len + 1) > usable
 
 
 def test_builder_streams_chunks_and_long_items(tmp_path):

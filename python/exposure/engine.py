@@ -211,10 +211,10 @@ class IndexBuilder:
         self.parallel = self.threads
         usable = max(self.budget - _FIXED_OVERHEAD, 1 << 20)
         per_shard = usable / self.parallel
-        cap = int(per_shard / (self.dtype.itemsize + _SA_OVERHEAD)) - self.overlap
-        if cap + self.overlap > _MAX_NARROW_TEXT:  # a longer text sorts with 64-bit entries
-            wide = int(per_shard / (self.dtype.itemsize + _SA_OVERHEAD_WIDE)) - self.overlap
-            cap = wide if wide + self.overlap > _MAX_NARROW_TEXT else _MAX_NARROW_TEXT - self.overlap
+        text = int(per_shard / (self.dtype.itemsize + _SA_OVERHEAD))  # the longest shard text that fits
+        if text > _MAX_NARROW_TEXT:  # a longer text sorts with 64-bit entries
+            text = max(_MAX_NARROW_TEXT, int(per_shard / (self.dtype.itemsize + _SA_OVERHEAD_WIDE)))
+        cap = text - self.overlap
         if cap < 1024 and shard_tokens is None:
             raise ValueError(
                 f"memory budget of {self.budget} bytes is too small for {self.parallel} parallel shard builds "
