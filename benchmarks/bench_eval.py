@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -37,9 +38,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-SHARED = Path("/work/shared/data")
+# The workplace's data beside the checkout (or EXPOSURE_SHARED_DATA); BLiMP's default phenomena are also bundled.
+SHARED = Path(os.environ.get("EXPOSURE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 NEOX_TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
-BLIMP = SHARED / "blimp"
 
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),
@@ -51,26 +52,26 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
-def blimp_pairs(n_pairs: int) -> pa.Table:
+def blimp_pairs(n_pairs: int, blimp: Path, tokenizer: Path) -> pa.Table:
     """``n_pairs`` real BLiMP pairs of the default phenomena (round-robin over their paradigms), with their
     critical phrases found by the real phrase stage (exposure.critical), as ``exposure splits`` gives them."""
     from exposure.blimp import DEFAULT_PHENOMENA, find_vocabulary, load_blimp, read_vocabulary
     from exposure.critical import critical_phrases
     from exposure.tokenizer import load_tokenizer
 
-    pairs = load_blimp(BLIMP, phenomena=DEFAULT_PHENOMENA)
+    pairs = load_blimp(blimp, phenomena=DEFAULT_PHENOMENA)
     by_uid: dict[str, list[Any]] = {}
     for p in pairs:
         by_uid.setdefault(p.uid, []).append(p)
     per_uid = -(-n_pairs // len(by_uid))
     chosen = [p for uid in by_uid for p in by_uid[uid][:per_uid]][:n_pairs]
-    table = critical_phrases(chosen, read_vocabulary(find_vocabulary(BLIMP)), load_tokenizer(NEOX_TOKENIZER))
+    table = critical_phrases(chosen, read_vocabulary(find_vocabulary(blimp)), load_tokenizer(tokenizer))
     meta = dict(table.schema.metadata or {})
     meta[b"exposure.checkpoints"] = b"[0]"
     return table.replace_schema_metadata(meta)
 
 
-def build_run(root: Path, shape: str, dtype: torch.dtype) -> Path:
+def build_run(root: Path, shape: str, tokenizer_file: Path) -> Path:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
     config = GPTNeoXConfig(vocab_size=50304, max_position_embeddings=2048, **SHAPES[shape])
@@ -79,10 +80,10 @@ def build_run(root: Path, shape: str, dtype: torch.dtype) -> Path:
     step = root / "step0"
     model.save_pretrained(step)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(NEOX_TOKENIZER), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+        tokenizer_file=str(tokenizer_file), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
     )
     tokenizer.save_pretrained(step)
-    shutil.copyfile(NEOX_TOKENIZER, step / "tokenizer.json")  # byte-identical: the sha256 check passes
+    shutil.copyfile(tokenizer_file, step / "tokenizer.json")  # byte-identical: the sha256 check passes
     return step
 
 
@@ -139,26 +140,36 @@ def run_peer(pairs: pa.Table, step: Path, device: str, torch_dtype: torch.dtype,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
-    parser.add_argument("--pairs", type=int, default=1340, help="number of BLiMP pairs (spread over 67 paradigms)")
+    parser.add_argument("--pairs", type=int, default=1340, help="number of BLiMP pairs (spread over the 25 paradigms of the default phenomena)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--batch-tokens", type=int, default=None, help="default: exposure eval's for the device")
     parser.add_argument("--peer-batch-sizes", default="1,64", help="lm-eval batch sizes to run (its default is 1)")
     parser.add_argument("--repeats", type=int, default=1, help="alternate ours/peer this many times; best time kept")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--tokenizer", type=Path, default=NEOX_TOKENIZER,
+                        help="the GPT-NeoX tokenizer.json (default: the shared data's)")
+    parser.add_argument("--blimp", type=Path, default=None,
+                        help="BLiMP folder (default: the shared data's, else the copy bundled with exposure)")
     args = parser.parse_args(argv)
+    if not args.tokenizer.is_file():
+        parser.error(f"no tokenizer at {args.tokenizer}: pass --tokenizer PATH/gpt-neox-20b/tokenizer.json")
+    if args.blimp is None:
+        from exposure.data import blimp_dir
+
+        args.blimp = SHARED / "blimp" if (SHARED / "blimp").is_dir() else blimp_dir()
 
     from exposure.scoring.runs import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
     torch_dtype = resolve_dtype(args.dtype, device)
     dtype_flag = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[torch_dtype]
-    pairs = blimp_pairs(args.pairs)
+    pairs = blimp_pairs(args.pairs, args.blimp, args.tokenizer)
     n = pairs.num_rows
     peer_sizes = [int(s) for s in args.peer_batch_sizes.split(",") if s]
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
         root = Path(tmp)
-        step = build_run(root / "run", args.shape, torch_dtype)
+        step = build_run(root / "run", args.shape, args.tokenizer)
         ours: dict[str, Any] | None = None
         peers: dict[int, dict[str, Any]] = {}
         for _ in range(args.repeats):

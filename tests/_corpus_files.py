@@ -117,3 +117,27 @@ def small_index(tokens: Sequence[int] | np.ndarray, out: Path, vocab_size: int, 
     with exposure.IndexBuilder(out, dtype=np.uint16, vocab_size=vocab_size, memory_budget_bytes=1 << 30, threads=1, progress=False) as b:
         b.add(arr, item_length=item_length)
         return b.finish({})
+
+
+def small_bpe_tokenizer(path: Path, vocab_size: int = 1000, lines: int = 2000) -> Path:
+    """A byte-level BPE tokenizer (``<|endoftext|>`` = 0) trained on the start of the bundled corpus, written to
+    ``path`` and removed at exit: a second tokenizer, unlike the bundled one, where the shared ones are absent."""
+    import atexit
+    import shutil
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from exposure.data import corpus_path
+
+    with gzip.open(corpus_path(), "rt", encoding="utf-8") as handle:
+        text = [line for _, line in zip(range(lines), handle)]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(text, trainer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path))
+    atexit.register(shutil.rmtree, path.parent, True)
+    return path

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +21,37 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 from transformers import PreTrainedTokenizerFast
 
+import _corpus_files
+from _corpus_files import SHARED
 from exposure import _core
 from exposure.cli import main as cli_main
+from exposure.data import blimp_dir, tokenizer_path
 from exposure.evaluate import EvalError, evaluate_run, load_results
 from exposure.scoring import runs as runs_module
 from exposure.scoring.batching import make_batch, plan_batches
 from exposure.scoring.pairs import encode_pairs, prefix_ids
 
-TOKENIZERS = Path("/work/shared/data/tokenizers")
-NEOX = TOKENIZERS / "gpt-neox-20b" / "tokenizer.json"
-GPT2 = TOKENIZERS / "gpt2" / "tokenizer.json"
-BLIMP = Path("/work/shared/data/blimp")
-PARADIGMS = (
-    "determiner_noun_agreement_1",
-    "regular_plural_subject_verb_agreement_1",
-    "anaphor_gender_agreement",
-    "wh_questions_object_gap",
-    "existential_there_quantifiers_1",
-)
+if _corpus_files.NEOX_TOKENIZER.is_file() and _corpus_files.GPT2_TOKENIZER.is_file() and (SHARED / "blimp").is_dir():
+    # the workplace's data: the Pythia and GPT-2 tokenizers, paradigms of several phenomena
+    NEOX, GPT2, BLIMP = _corpus_files.NEOX_TOKENIZER, _corpus_files.GPT2_TOKENIZER, SHARED / "blimp"
+    PARADIGMS: tuple[str, ...] = (
+        "determiner_noun_agreement_1",
+        "regular_plural_subject_verb_agreement_1",
+        "anaphor_gender_agreement",
+        "wh_questions_object_gap",
+        "existential_there_quantifiers_1",
+    )
+else:
+    # a machine without it: the bundled demo tokenizer and BLiMP paradigms, and a second tokenizer made here
+    NEOX, BLIMP = tokenizer_path(), blimp_dir()
+    GPT2 = _corpus_files.small_bpe_tokenizer(Path(tempfile.mkdtemp(prefix="exposure-tests-")) / "tokenizer.json")
+    PARADIGMS = (
+        "determiner_noun_agreement_1",
+        "regular_plural_subject_verb_agreement_1",
+        "anaphor_gender_agreement",
+        "irregular_past_participle_verbs",
+        "sentential_negation_npi_scope",
+    )
 STEPS = (0, 1, 2)
 
 
@@ -53,7 +68,8 @@ def make_pairs(tokenizer_file: Path, per_paradigm: int = 5) -> pa.Table:
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     rows: list[dict[str, Any]] = []
     for paradigm in PARADIGMS:
-        with open(BLIMP / f"{paradigm}.jsonl") as handle:
+        plain = BLIMP / f"{paradigm}.jsonl"
+        with open(plain) if plain.exists() else gzip.open(BLIMP / f"{paradigm}.jsonl.gz", "rt") as handle:
             lines = handle.readlines()[:per_paradigm]
         for line in lines:
             rec = json.loads(line)
@@ -217,7 +233,8 @@ def test_neox_equals_one_at_a_time_reference(neox: dict[str, Any], neox_results:
 
 def test_gpt2_equals_one_at_a_time_reference(gpt2: dict[str, Any]) -> None:
     results = gpt2["results"]
-    assert results.run["prefix_token_id"] == 50256 and results.run["model_type"] == "gpt2"
+    eos = Tokenizer.from_file(str(GPT2)).token_to_id("<|endoftext|>")  # 50256 in GPT-2's own tokenizer
+    assert results.run["prefix_token_id"] == eos and results.run["model_type"] == "gpt2"
     for step in (0, 5):
         check_against_reference(results, gpt2["run"], gpt2["table"], GPT2, step)
 
