@@ -239,6 +239,22 @@ def test_gpt2_equals_one_at_a_time_reference(gpt2: dict[str, Any]) -> None:
         check_against_reference(results, gpt2["run"], gpt2["table"], GPT2, step)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_eval.sh runs it on one)")
+def test_cuda_equals_one_at_a_time_reference(neox: dict[str, Any], neox_results: Any, tmp_path: Path) -> None:
+    """On a GPU, fp32 meets the same CPU reference; bf16 stays near the fp32 answers."""
+    fp32 = evaluate_run(neox["pairs"], neox["run"], tmp_path / "fp32", device="cuda", dtype="fp32", batch_tokens=48,
+                        progress=False)
+    assert fp32.run["device"].startswith("cuda")
+    for step in (0, 2):
+        check_against_reference(fp32, neox["run"], neox["table"], NEOX, step)
+    bf16 = evaluate_run(neox["pairs"], neox["run"], tmp_path / "bf16", device="cuda", dtype="bf16", progress=False)
+    for step in STEPS:
+        ref, got = neox_results.scores(step), bf16.scores(step)
+        for column in ("logp_good", "logp_bad"):  # ~10 tokens of ~-10.8 each, bf16's 2^-8 relative error
+            np.testing.assert_allclose(got.column(column).to_numpy(), ref.column(column).to_numpy(), rtol=0, atol=0.5)
+        np.testing.assert_allclose(bf16.attention(step), neox_results.attention(step), rtol=0, atol=2e-2)
+
+
 def test_missing_positions_are_nan(neox_results: Any) -> None:
     scores = neox_results.scores(0)
     assert np.isnan(scores.column("crit_logp_good")[1].as_py()) and np.isnan(scores.column("crit_margin")[1].as_py())
