@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from exposure.blimp import DEFAULT_PHENOMENA, PARADIGMS, BlimpPair, load_blimp, read_vocabulary
+from exposure.blimp import DEFAULT_PHENOMENA, PARADIGMS, BlimpPair, find_vocabulary, load_blimp, read_vocabulary
 from exposure.critical import (
     RULES,
     align_tokens,
@@ -25,12 +25,11 @@ from exposure.critical import (
 
 from _corpus_files import SHARED  # noqa: E402
 BLIMP = SHARED / "blimp"
-VOCAB = BLIMP / "vocabulary.csv"
+VOCAB = find_vocabulary(BLIMP if BLIMP.is_dir() else None)  # the shared copy, else the bundled one
 NEOX = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
 GOLD = Path(__file__).parent / "data" / "critical_gold.jsonl"
 
-needs_vocab = pytest.mark.skipif(not VOCAB.is_file(), reason=f"BLiMP vocabulary not at {VOCAB}")
-needs_neox = pytest.mark.skipif(not (VOCAB.is_file() and NEOX.is_file()), reason="shared tokenizer/vocabulary missing")
+needs_neox = pytest.mark.skipif(not NEOX.is_file(), reason=f"shared tokenizer not at {NEOX}")
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +179,6 @@ CASES = [
 ]
 
 
-@needs_vocab
 @pytest.mark.parametrize("uid,good,bad,pg,pb,crit,ctx", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_rule_examples(vocab, uid, good, bad, pg, pb, crit, ctx) -> None:
     r = find_critical_phrase(pair(uid, good, bad), vocab)
@@ -191,7 +189,6 @@ def test_rule_examples(vocab, uid, good, bad, pg, pb, crit, ctx) -> None:
     assert good[r.good.char_start : r.good.char_end] == pg and bad[r.bad.char_start : r.bad.char_end] == pb
 
 
-@needs_vocab
 def test_no_phrase_cases(vocab) -> None:
     r = find_critical_phrase(pair("wh_island", "Who have those men revealed they helped?",
                                   "Who have those men revealed who helped?"), vocab)
@@ -286,7 +283,6 @@ def test_gold_file_is_well_formed() -> None:
         assert len(g["reason"]) >= 15, g
 
 
-@needs_vocab
 def test_gold_exact_match(vocab) -> None:
     gold = load_gold()
     misses = []
@@ -308,7 +304,6 @@ def test_gold_exact_match(vocab) -> None:
 
 
 # ------------------------------------------------------------------------------------------ real data
-@needs_vocab
 def test_default_phenomena_coverage_and_blimp_scored_word(vocab) -> None:
     """Every default paradigm gets a phrase for >= 99.5% of its pairs, and the critical word lies inside
     the word BLiMP itself scores (one_prefix_word_* / two_prefix_word) wherever BLiMP gives one."""
