@@ -140,7 +140,8 @@ def run_peer(pairs: pa.Table, step: Path, device: str, torch_dtype: torch.dtype,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
-    parser.add_argument("--pairs", type=int, default=1340, help="number of BLiMP pairs (spread over the 25 paradigms of the default phenomena)")
+    parser.add_argument("--pairs", type=int, default=1340,
+                        help="number of BLiMP pairs (spread over the 25 paradigms of the default phenomena)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--batch-tokens", type=int, default=None, help="default: exposure eval's for the device")
