@@ -1,6 +1,6 @@
 """Engine benchmark: our suffix-array index against tokengrams and infini-gram, on one realistic stream.
 
-    cd /work/main && PYTHONPATH=python:benchmarks .venv/bin/python benchmarks/bench_engine.py \
+    PYTHONPATH=python:benchmarks .venv/bin/python benchmarks/bench_engine.py \
         --tokens 5000000 --out bench.json                  # small validation run
     ... bench_engine.py                                    # the reference size: 100M tokens
     ... bench_engine.py --no-peers --keep --workdir W      # ours only, keep the files

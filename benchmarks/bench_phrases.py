@@ -1,6 +1,6 @@
 """Critical phrases for all 67,000 BLiMP pairs: wall time and per-paradigm coverage.
 
-    cd /work/main && PYTHONPATH=python .venv/bin/python benchmarks/bench_phrases.py
+    PYTHONPATH=python .venv/bin/python benchmarks/bench_phrases.py
     ... bench_phrases.py --blimp ../shared/data/blimp --tokenizer ../shared/data/tokenizers/gpt2 --out phrases.parquet
 
 Times the same work as ``exposure phrases --all`` (read the jsonl files and the vocabulary, find every
