@@ -973,7 +973,9 @@ class Index:
         return i * self._item_length, min((i + 1) * self._item_length, self.num_tokens)
 
     def context(self, offset: int, before: int = 16, after: int = 16) -> Context:
-        """The tokens around stream offset ``offset``, within its item."""
+        """The tokens around stream offset ``offset``, within its item: stream offsets
+        ``[offset - before, offset + after)`` clipped to the item, so ``after`` counts from the occurrence itself
+        (its first token included)."""
         item = self.item_of(offset)
         a, b = self.item_bounds(item)
         start, stop = max(a, offset - before), min(b, offset + after)
