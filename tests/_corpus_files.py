@@ -19,7 +19,7 @@ import pytest
 SHARED = Path(os.environ.get("EXPOSURE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 NEOX_TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
 GPT2_TOKENIZER = SHARED / "tokenizers" / "gpt2" / "tokenizer.json"
-needs_tokenizers = pytest.mark.skipif(
+needs_tokenizers = pytest.mark.skipif(  # for tests that hold token ids worked out by hand for these two
     not (NEOX_TOKENIZER.is_file() and GPT2_TOKENIZER.is_file()), reason=f"shared tokenizers not found under {SHARED}"
 )
 
@@ -141,3 +141,16 @@ def small_bpe_tokenizer(path: Path, vocab_size: int = 1000, lines: int = 2000) -
     tokenizer.save(str(path))
     atexit.register(shutil.rmtree, path.parent, True)
     return path
+
+
+# Two different tokenizers for tests that work with any: the shared GPT-NeoX and GPT-2 ones, else (a user's
+# machine) the bundled demo tokenizer and a small BPE made here.
+if NEOX_TOKENIZER.is_file() and GPT2_TOKENIZER.is_file():
+    TOKENIZER, OTHER_TOKENIZER = NEOX_TOKENIZER, GPT2_TOKENIZER
+else:
+    import tempfile
+
+    from exposure.data import tokenizer_path
+
+    TOKENIZER = tokenizer_path()
+    OTHER_TOKENIZER = small_bpe_tokenizer(Path(tempfile.mkdtemp(prefix="exposure-tests-")) / "tokenizer.json")

@@ -23,10 +23,13 @@ from exposure.critical import (
     surface_variants,
 )
 
-from _corpus_files import SHARED  # noqa: E402
-BLIMP = SHARED / "blimp"
-VOCAB = find_vocabulary(BLIMP if BLIMP.is_dir() else None)  # the shared copy, else the bundled one
-NEOX = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
+from _corpus_files import NEOX_TOKENIZER as NEOX  # noqa: E402
+from _corpus_files import SHARED, TOKENIZER  # noqa: E402
+from exposure.data import blimp_dir  # noqa: E402
+
+# the shared copies, else the bundled ones (all paradigms of the default phenomena, the whole vocabulary)
+BLIMP = SHARED / "blimp" if (SHARED / "blimp").is_dir() else blimp_dir()
+VOCAB = find_vocabulary(BLIMP)
 GOLD = Path(__file__).parent / "data" / "critical_gold.jsonl"
 
 needs_neox = pytest.mark.skipif(not NEOX.is_file(), reason=f"shared tokenizer not at {NEOX}")
@@ -42,6 +45,14 @@ def neox():
     from exposure.tokenizer import load_tokenizer
 
     return load_tokenizer(NEOX)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """GPT-NeoX's where the shared data is, else the bundled one: for tests that hold no token ids."""
+    from exposure.tokenizer import load_tokenizer
+
+    return load_tokenizer(TOKENIZER)
 
 
 def pair(uid: str, good: str, bad: str, pid: int = 0) -> BlimpPair:
@@ -233,18 +244,15 @@ def test_token_spans_and_queries(vocab, neox) -> None:
     assert meta[b"exposure.tokenizer_sha256"].decode() == neox.sha256
 
 
-@needs_neox
-def test_token_spans_decode_to_the_words_on_real_pairs(vocab, neox) -> None:
+def test_token_spans_decode_to_the_words_on_real_pairs(vocab, tokenizer) -> None:
     """For 1,500 random pairs of the default phenomena, the token spans decode to the phrase and to the
     critical word, and the context token ends the context word."""
-    if not BLIMP.is_dir():
-        pytest.skip("no shared BLiMP")
     pairs = random.Random(0).sample(load_blimp(BLIMP, phenomena=DEFAULT_PHENOMENA), 1500)
-    t = phrase_table(find_critical_phrases(pairs, vocab), neox)
-    dec = neox.tokenizer.decode
+    t = phrase_table(find_critical_phrases(pairs, vocab), tokenizer)
+    dec = tokenizer.tokenizer.decode
     for row in t.to_pylist():
         for side in ("good", "bad"):
-            ids = neox.encode(row[f"sentence_{side}"])
+            ids = tokenizer.encode(row[f"sentence_{side}"])
             a, b = row[f"{side}_critical_start"], row[f"{side}_critical_token"]
             assert dec(ids[a : b + 1]).strip() == row[f"{side}_critical_word"], row["pair_uid"]
             ctx = row[f"{side}_context_word"]
@@ -255,15 +263,12 @@ def test_token_spans_decode_to_the_words_on_real_pairs(vocab, neox) -> None:
             assert len(queries) == len(set(map(tuple, queries))) and len(queries) >= 2
 
 
-@needs_neox
-def test_parallel_workers_give_the_same_table(vocab, neox) -> None:
+def test_parallel_workers_give_the_same_table(vocab, tokenizer) -> None:
     from exposure.critical import critical_phrases
 
-    if not BLIMP.is_dir():
-        pytest.skip("no shared BLiMP")
     pairs = load_blimp(BLIMP, phenomena=["npi_licensing"])[:4000]
-    one = critical_phrases(pairs, vocab, neox, workers=1)
-    two = critical_phrases(pairs, vocab, neox, workers=2)
+    one = critical_phrases(pairs, vocab, tokenizer, workers=1)
+    two = critical_phrases(pairs, vocab, tokenizer, workers=2)
     assert one.equals(two) and one.schema.metadata == two.schema.metadata
 
 
@@ -294,21 +299,18 @@ def test_gold_exact_match(vocab) -> None:
     exact = 1 - len(misses) / len(gold)
     print(f"gold exact match: {len(gold) - len(misses)}/{len(gold)} = {exact:.3f}")
     assert exact >= 0.95, misses
-    if BLIMP.is_dir():  # the gold sentences are BLiMP's own
-        by_uid = {}
-        for p in load_blimp(BLIMP, paradigms=sorted({g["uid"] for g in gold})):
-            by_uid[(p.uid, p.pair_id)] = p
-        for g in gold:
-            p = by_uid[(g["uid"], g["pair_id"])]
-            assert (p.sentence_good, p.sentence_bad) == (g["sentence_good"], g["sentence_bad"])
+    by_uid = {}  # the gold sentences are BLiMP's own
+    for p in load_blimp(BLIMP, paradigms=sorted({g["uid"] for g in gold})):
+        by_uid[(p.uid, p.pair_id)] = p
+    for g in gold:
+        p = by_uid[(g["uid"], g["pair_id"])]
+        assert (p.sentence_good, p.sentence_bad) == (g["sentence_good"], g["sentence_bad"])
 
 
 # ------------------------------------------------------------------------------------------ real data
 def test_default_phenomena_coverage_and_blimp_scored_word(vocab) -> None:
     """Every default paradigm gets a phrase for >= 99.5% of its pairs, and the critical word lies inside
     the word BLiMP itself scores (one_prefix_word_* / two_prefix_word) wherever BLiMP gives one."""
-    if not BLIMP.is_dir():
-        pytest.skip("no shared BLiMP")
     pairs = load_blimp(BLIMP, phenomena=DEFAULT_PHENOMENA)
     results = find_critical_phrases(pairs, vocab)
     per: dict[str, list[int]] = {}

@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,19 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 from transformers import PreTrainedTokenizerFast
 
-import _corpus_files
-from _corpus_files import SHARED
+from _corpus_files import OTHER_TOKENIZER, SHARED, TOKENIZER
 from exposure import _core
 from exposure.cli import main as cli_main
-from exposure.data import blimp_dir, tokenizer_path
+from exposure.data import blimp_dir
 from exposure.evaluate import EvalError, evaluate_run, load_results
 from exposure.scoring import runs as runs_module
 from exposure.scoring.batching import make_batch, plan_batches
 from exposure.scoring.pairs import encode_pairs, prefix_ids
 
-if _corpus_files.NEOX_TOKENIZER.is_file() and _corpus_files.GPT2_TOKENIZER.is_file() and (SHARED / "blimp").is_dir():
-    # the workplace's data: the Pythia and GPT-2 tokenizers, paradigms of several phenomena
-    NEOX, GPT2, BLIMP = _corpus_files.NEOX_TOKENIZER, _corpus_files.GPT2_TOKENIZER, SHARED / "blimp"
+# GPT-NeoX and GPT-2 runs; where the shared data is absent the tokenizers are stand-ins (bundled, and a small BPE)
+NEOX, GPT2 = TOKENIZER, OTHER_TOKENIZER
+if (SHARED / "blimp").is_dir():
+    BLIMP = SHARED / "blimp"
     PARADIGMS: tuple[str, ...] = (
         "determiner_noun_agreement_1",
         "regular_plural_subject_verb_agreement_1",
@@ -41,10 +40,8 @@ if _corpus_files.NEOX_TOKENIZER.is_file() and _corpus_files.GPT2_TOKENIZER.is_fi
         "wh_questions_object_gap",
         "existential_there_quantifiers_1",
     )
-else:
-    # a machine without it: the bundled demo tokenizer and BLiMP paradigms, and a second tokenizer made here
-    NEOX, BLIMP = tokenizer_path(), blimp_dir()
-    GPT2 = _corpus_files.small_bpe_tokenizer(Path(tempfile.mkdtemp(prefix="exposure-tests-")) / "tokenizer.json")
+else:  # the bundled paradigms
+    BLIMP = blimp_dir()
     PARADIGMS = (
         "determiner_noun_agreement_1",
         "regular_plural_subject_verb_agreement_1",

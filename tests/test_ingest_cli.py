@@ -13,10 +13,10 @@ from pathlib import Path
 
 import exposure
 import pytest
+from tokenizers import Tokenizer
 from _corpus_files import (
-    GPT2_TOKENIZER,
-    NEOX_TOKENIZER,
-    needs_tokenizers,
+    OTHER_TOKENIZER,
+    TOKENIZER,
     write_jsonl,
     write_mmidx,
     write_mmidx_shards,
@@ -27,11 +27,14 @@ from exposure.cli import main
 from exposure.readers.pythia import PythiaReader
 from exposure.schedule import Schedule
 
-pytestmark = needs_tokenizers
-
-THESE_DOGS = [841, 9097]  # " these dogs" (FORMATS / data README)
-THIS_DOG = [436, 4370]  # " this dog"
+# GPT-NeoX's (the shared data's) where present, else the bundled demo tokenizer's
+_TK = Tokenizer.from_file(str(TOKENIZER))
+THESE_DOGS = _TK.encode(" these dogs").ids  # [841, 9097] in GPT-NeoX
+THIS_DOG = _TK.encode(" this dog").ids  # [436, 4370]
+VOCAB = _TK.get_vocab_size()  # 50277
+TOKENIZER_NAME = TOKENIZER.parent.name  # the index records the folder's name: "gpt-neox-20b"
 FILL = 50
+assert len(THESE_DOGS) == len(THIS_DOG) == 2 and FILL not in THESE_DOGS + THIS_DOG  # where the tests plant them
 L = 2049
 
 
@@ -60,7 +63,7 @@ def test_pythia_build_query_info(tmp_path: Path, capsys: pytest.CaptureFixture[s
     write_mmidx(tmp_path / "pile", _pythia_items())
     out = tmp_path / "idx"
     rc = main(["build", str(tmp_path / "pile.bin"), "--format", "pythia", "--out", str(out), "--tokenizer",
-               str(NEOX_TOKENIZER), "--schedule", "custom", "--item-length", str(L), "--items-per-step", "2",
+               str(TOKENIZER), "--schedule", "custom", "--item-length", str(L), "--items-per-step", "2",
                "--checkpoints", "0,1,2,3", "--no-progress"])
     assert rc == 0
     ans = _query(capsys, out, "these dogs", "this dog", "these cats")
@@ -82,7 +85,7 @@ def test_pythia_build_query_info(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
     # the manifest records tokenizer, schedule and every source file with its hash
     meta = exposure.Index(out).metadata
-    assert meta["tokenizer"]["name"] == "gpt-neox-20b" and meta["tokenizer"]["sha256"] == _sha(NEOX_TOKENIZER)
+    assert meta["tokenizer"]["name"] == TOKENIZER_NAME and meta["tokenizer"]["sha256"] == _sha(TOKENIZER)
     assert {Path(s["path"]).name: (s["bytes"], s["sha256"]) for s in meta["sources"]} == {
         "pile.bin": (6 * L * 2, _sha(tmp_path / "pile.bin")),
         "pile.idx": ((tmp_path / "pile.idx").stat().st_size, _sha(tmp_path / "pile.idx")),
@@ -90,7 +93,7 @@ def test_pythia_build_query_info(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert Schedule.from_dict(meta["schedule"]) == Schedule("custom", L, 2, (0, 1, 2, 3), epoch_items=6, total_steps=3)
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
-    assert "gpt-neox-20b" in info and "custom: 2049 tokens/item × 2 items/step" in info and "pile.bin" in info
+    assert TOKENIZER_NAME in info and "custom: 2049 tokens/item × 2 items/step" in info and "pile.bin" in info
     assert main(["info", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["items"] == 6
 
@@ -100,7 +103,7 @@ def test_pythia_shards_and_default_schedule(tmp_path: Path, capsys: pytest.Captu
     paths, idx_path = write_mmidx_shards(tmp_path, items, cuts=[4097, 9001, 20001])
     out = tmp_path / "idx"
     assert main(["build", *map(str, paths), str(idx_path), "--format", "pythia", "--out", str(out),
-                 "--tokenizer", str(NEOX_TOKENIZER), "--no-progress"]) == 0
+                 "--tokenizer", str(TOKENIZER), "--no-progress"]) == 0
     index = exposure.Index(out)
     assert index.tokens(0, index.num_tokens).tolist() == [t for it in items for t in it]
     ans = _query(capsys, out, "these dogs")
@@ -120,11 +123,9 @@ def test_text_build_records_packing(tmp_path: Path, capsys: pytest.CaptureFixtur
     b = write_jsonl(tmp_path / "b.jsonl.zst", [{"text": "this dog runs"}, {"text": "And these dogs bark."}])
     out = tmp_path / "idx"
     assert main(["build", str(a), str(b), "--format", "text", "--out", str(out), "--tokenizer",
-                 str(NEOX_TOKENIZER.parent), "--item-length", "6", "--items-per-step", "2", "--no-shuffle",
+                 str(TOKENIZER.parent), "--item-length", "6", "--items-per-step", "2", "--no-shuffle",
                  "--no-progress"]) == 0
-    from tokenizers import Tokenizer
-
-    tk = Tokenizer.from_file(str(NEOX_TOKENIZER))
+    tk = _TK
     docs = ["The cat sat.", "I saw these dogs today.", "this dog runs", "And these dogs bark."]
     stream = [t for d in docs for t in tk.encode(d, add_special_tokens=False).ids + [0]]
     n = len(stream) // 6 * 6
@@ -139,21 +140,20 @@ def test_text_build_records_packing(tmp_path: Path, capsys: pytest.CaptureFixtur
     first = next(i for i in range(n) if stream[i : i + 2] == THESE_DOGS and i // 6 == (i + 1) // 6)
     r = _query(capsys, out, "these dogs")["results"][0]
     assert r["first_position"] == first and r["first_step"] == first // 12
-    assert (out / "tokenizer.json").read_bytes() == NEOX_TOKENIZER.read_bytes()
+    assert (out / "tokenizer.json").read_bytes() == TOKENIZER.read_bytes()
     assert not (tmp_path / "idx.tokenized").exists() and not (tmp_path / "idx.partial").exists()
 
 
 def test_text_seed_recorded_and_changes_order(tmp_path: Path) -> None:
     from exposure.readers.text import shuffle_order
     from exposure.schedule import log_checkpoints
-    from tokenizers import Tokenizer
 
     lines = [f"line number {i}" for i in range(40)]
     src = write_text(tmp_path / "c.txt", "".join(x + "\n" for x in lines))
-    tk = Tokenizer.from_file(str(NEOX_TOKENIZER))
+    tk = _TK
     docs = [tk.encode(x, add_special_tokens=False).ids + [0] for x in lines]
     for seed in (1, 2):
-        idx = exposure.ingest.build([src], "text", tmp_path / f"s{seed}", tokenizer=NEOX_TOKENIZER, item_length=8,
+        idx = exposure.ingest.build([src], "text", tmp_path / f"s{seed}", tokenizer=TOKENIZER, item_length=8,
                                     items_per_step=1, seed=seed, progress=False)
         assert idx.metadata["reader"]["shuffle_seed"] == seed
         stream = [t for d in shuffle_order(40, seed) for t in docs[d]]
@@ -167,13 +167,13 @@ def test_text_seed_recorded_and_changes_order(tmp_path: Path) -> None:
 def test_tokenizer_mismatch_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = write_text(tmp_path / "c.txt", "these dogs are here and there\n" * 4)
     out = tmp_path / "idx"
-    assert main(["build", str(src), "--format", "text", "--out", str(out), "--tokenizer", str(NEOX_TOKENIZER),
+    assert main(["build", str(src), "--format", "text", "--out", str(out), "--tokenizer", str(TOKENIZER),
                  "--item-length", "4", "--items-per-step", "1", "--no-progress"]) == 0
     capsys.readouterr()
-    assert main(["query", str(out), "these dogs", "--tokenizer", str(GPT2_TOKENIZER)]) == 2
+    assert main(["query", str(out), "these dogs", "--tokenizer", str(OTHER_TOKENIZER)]) == 2
     err = capsys.readouterr().err
-    assert "is not the index's tokenizer 'gpt-neox-20b'" in err
-    assert main(["query", str(out), "these dogs", "--tokenizer", str(NEOX_TOKENIZER)]) == 0
+    assert f"is not the index's tokenizer {TOKENIZER_NAME!r}" in err
+    assert main(["query", str(out), "these dogs", "--tokenizer", str(TOKENIZER)]) == 0
 
 
 def _assert_nothing_written(out: Path) -> None:
@@ -201,7 +201,7 @@ def test_bad_inputs_fail_cleanly(
     _assert_nothing_written(out)
     # an unreadable jsonl line
     bad = write_text(tmp_path / "bad.jsonl", '{"text": "fine"}\n{"text": "fine too"}\n{"text": nope\n')
-    assert main(["build", str(bad), "--format", "text", "--out", str(out), "--tokenizer", str(NEOX_TOKENIZER),
+    assert main(["build", str(bad), "--format", "text", "--out", str(out), "--tokenizer", str(TOKENIZER),
                  "--items-per-step", "1", "--item-length", "2", "--no-progress"]) == 2
     assert "bad.jsonl:3: not valid JSON" in capsys.readouterr().err
     _assert_nothing_written(out)
@@ -215,13 +215,13 @@ def test_bad_inputs_fail_cleanly(
     # a text corpus without a schedule is refused before any tokenization
     src = write_text(tmp_path / "ok.txt", "a b c d e f g h\n")
     monkeypatch.setattr("exposure.ingest._tokenized_text", _must_not_run)
-    assert main(["build", str(src), "--format", "text", "--out", str(out), "--tokenizer", str(NEOX_TOKENIZER),
+    assert main(["build", str(src), "--format", "text", "--out", str(out), "--tokenizer", str(TOKENIZER),
                  "--item-length", "2", "--no-progress"]) == 2
     assert "say how the run batched the items" in capsys.readouterr().err
     _assert_nothing_written(out)
     monkeypatch.undo()
     # an existing index is not overwritten without --overwrite
-    args = ["build", str(src), "--format", "text", "--out", str(out), "--tokenizer", str(NEOX_TOKENIZER),
+    args = ["build", str(src), "--format", "text", "--out", str(out), "--tokenizer", str(TOKENIZER),
             "--item-length", "2", "--items-per-step", "1", "--no-progress"]
     assert main(args) == 0
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
@@ -236,7 +236,7 @@ def test_exit_status_from_the_shell(tmp_path: Path) -> None:
     bad = write_text(tmp_path / "bad.jsonl", '{"text": 1}\n')
     proc = subprocess.run(
         [sys.executable, "-m", "exposure", "build", str(bad), "--format", "text", "--out", str(tmp_path / "i"),
-         "--tokenizer", str(NEOX_TOKENIZER), "--items-per-step", "1", "--no-progress"],
+         "--tokenizer", str(TOKENIZER), "--items-per-step", "1", "--no-progress"],
         capture_output=True, text=True,
     )
     assert proc.returncode == 2
@@ -263,7 +263,7 @@ def test_olmo_config_global_indices_and_masking(tmp_path: Path, capsys: pytest.C
     )
     out = tmp_path / "idx"
     assert main(["build", str(cfg), "--format", "olmo", "--global-indices", str(gi), "--data-root", str(root),
-                 "--out", str(out), "--tokenizer", str(NEOX_TOKENIZER), "--no-progress"]) == 0
+                 "--out", str(out), "--tokenizer", str(TOKENIZER), "--no-progress"]) == 0
     index = exposure.Index(out)
     # stream = instances 5,2,4,1,0,3; batch of 2 per step: step0 = (5,2), step1 = (4,1), step2 = (0,3)
     assert index.tokens(0, Lo).tolist() == inst[5]
@@ -273,12 +273,12 @@ def test_olmo_config_global_indices_and_masking(tmp_path: Path, capsys: pytest.C
     # the same with masking: instance 5 keeps its slot (step 0) but no longer matches
     out2 = tmp_path / "idx2"
     assert main(["build", str(cfg), "--format", "olmo", "--global-indices", str(gi), "--data-root", str(root),
-                 "--out", str(out2), "--tokenizer", str(NEOX_TOKENIZER), "--drop-repetitive", "--no-progress"]) == 0
+                 "--out", str(out2), "--tokenizer", str(TOKENIZER), "--drop-repetitive", "--no-progress"]) == 0
     r2 = _query(capsys, out2, "these dogs")["results"][0]
     assert r2["count"] == 2 and r2["first_position"] == 2 * Lo and r2["first_step"] == 1
     meta2 = exposure.Index(out2).metadata
-    assert meta2["reader"]["masked_instances"] == 1 and meta2["build"]["filler_id"] == 50277
-    assert exposure.Index(out2).tokens(0, 3).tolist() == [50277] * 3
+    assert meta2["reader"]["masked_instances"] == 1 and meta2["build"]["filler_id"] == VOCAB
+    assert exposure.Index(out2).tokens(0, 3).tolist() == [VOCAB] * 3
 
 
 def test_interrupted_build_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -287,7 +287,7 @@ def test_interrupted_build_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     write_mmidx(tmp_path / "pile", items)
     out = tmp_path / "idx"
     args = ["build", str(tmp_path / "pile.bin"), "--format", "pythia", "--out", str(out), "--tokenizer",
-            str(NEOX_TOKENIZER), "--threads", "1", "--shard-tokens", "4096", "--no-progress"]
+            str(TOKENIZER), "--threads", "1", "--shard-tokens", "4096", "--no-progress"]
     original = PythiaReader.chunks
 
     def interrupted(self: PythiaReader, max_tokens: int):
@@ -314,7 +314,7 @@ def test_interrupted_text_build_keeps_tokenized_corpus(tmp_path: Path, monkeypat
 
     src = write_text(tmp_path / "c.txt", "".join(f"these dogs number {i}\n" for i in range(200)))
     out = tmp_path / "idx"
-    kwargs = dict(tokenizer=NEOX_TOKENIZER, item_length=16, items_per_step=4, seed=5, progress=False)
+    kwargs = dict(tokenizer=TOKENIZER, item_length=16, items_per_step=4, seed=5, progress=False)
     original = text.PackedTextReader.chunks
 
     def interrupted(self, max_tokens):

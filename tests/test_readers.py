@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from _corpus_files import (
     NEOX_TOKENIZER,
+    TOKENIZER,
     idx_bytes,
     needs_tokenizers,
     write_jsonl,
@@ -369,9 +370,8 @@ def test_tokenize_and_pack_hand_computed(tmp_path: Path) -> None:
     assert _stream(PackedTextReader(corpus, 4, seed=7), 3)[1].tolist() == expected
 
 
-@needs_tokenizers
 def test_packing_chunks_cover_whole_items(tmp_path: Path) -> None:
-    tok = load_tokenizer(NEOX_TOKENIZER)
+    tok = load_tokenizer(TOKENIZER)
     lines = [f"document number {i} " + "word " * (i % 7) for i in range(300)]
     src = write_text(tmp_path / "many.txt", "\n".join(lines) + "\n")
     corpus = tokenize_corpus([src], tok, tmp_path / "t.bin", batch_chars=500, progress=False)
@@ -388,9 +388,8 @@ def test_packing_chunks_cover_whole_items(tmp_path: Path) -> None:
         assert r.dropped_tokens == len(full) - n
 
 
-@needs_tokenizers
 def test_tokenize_jsonl_error_names_line(tmp_path: Path) -> None:
-    tok = load_tokenizer(NEOX_TOKENIZER)
+    tok = load_tokenizer(TOKENIZER)
     bad = tmp_path / "bad.jsonl.gz"
     bad.write_bytes(gzip.compress(b'{"text": "fine"}\n{"text": oops}\n'))
     with pytest.raises(CorpusError, match=r"bad\.jsonl\.gz:2: not valid JSON"):
