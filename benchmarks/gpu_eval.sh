@@ -28,18 +28,20 @@ run)
   mkdir -p "$OUT"
   [ -f "$DATA/tokenizer.json" ] || { echo "no $DATA/tokenizer.json: run '$0 prepare' first, then carry $DATA" >&2; exit 2; }
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/exposure-site "$DATA"/whl/*.whl
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | tail -3
+  "$PYTHON" -m pip install --no-index --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
+    || { tail -40 "$OUT/install.log"; exit 1; }
   export PYTHONPATH="/tmp/exposure-site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   "$PYTHON" -c "import torch, transformers; print('torch', torch.__version__, transformers.__version__, torch.cuda.is_available())"
-  # the benchmarks run even if a test fails (device time is short); the exit status reports it
-  tests=0
-  "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_evaluate.py 2>&1 | tee "$OUT/tests.log" || tests=$?
+  # each step runs even if one before it failed (device time is short); the exit status says whether any did
+  status=0
+  "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_evaluate.py 2>&1 | tee "$OUT/tests.log" || status=1
   for dtype in ${DTYPES:-bf16 fp32}; do
     "$PYTHON" benchmarks/bench_eval.py --shape "${SHAPE:-pythia-160m}" --device "${DEVICE:-cuda}" --dtype "$dtype" \
       --pairs "${PAIRS:-1340}" --peer-batch-sizes "${PEER_BATCH_SIZES:-1,64}" --tokenizer "$DATA/tokenizer.json" \
-      --json "$OUT/bench_eval_$dtype.json" 2>&1 | grep -v "Writing model shards" | tee "$OUT/bench_eval_$dtype.log"
+      --json "$OUT/bench_eval_$dtype.json" 2>&1 | grep -v "Writing model shards" | tee "$OUT/bench_eval_$dtype.log" \
+      || status=1
   done
-  exit "$tests"
+  exit "$status"
   ;;
 *)
   echo "usage: $0 prepare|run" >&2
