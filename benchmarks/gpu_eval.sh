@@ -8,7 +8,8 @@
 # There, with .devdata carried along:
 #   bash benchmarks/gpu_eval.sh run
 # Settings (environment): PYTHON (python3), DEVICE (cuda), SHAPE (pythia-160m), PAIRS (1340),
-# PEER_BATCH_SIZES (1,64), DTYPES ("bf16 fp32"), OUT (results folder; default gpu-results).
+# PEER_BATCH_SIZES (1,64), REPEATS (2: ours and the peer alternate, best kept), DTYPES ("bf16 fp32"),
+# OUT (results folder; default gpu-results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=.devdata
@@ -37,7 +38,8 @@ run)
   "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_evaluate.py 2>&1 | tee "$OUT/tests.log" || status=1
   for dtype in ${DTYPES:-bf16 fp32}; do
     "$PYTHON" benchmarks/bench_eval.py --shape "${SHAPE:-pythia-160m}" --device "${DEVICE:-cuda}" --dtype "$dtype" \
-      --pairs "${PAIRS:-1340}" --peer-batch-sizes "${PEER_BATCH_SIZES:-1,64}" --tokenizer "$DATA/tokenizer.json" \
+      --pairs "${PAIRS:-1340}" --peer-batch-sizes "${PEER_BATCH_SIZES:-1,64}" --repeats "${REPEATS:-2}" \
+      --tokenizer "$DATA/tokenizer.json" \
       --json "$OUT/bench_eval_$dtype.json" 2>&1 | grep -v "Writing model shards" | tee "$OUT/bench_eval_$dtype.log" \
       || status=1
   done
