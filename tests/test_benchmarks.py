@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _corpus_files import TOKENIZER
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_benchmark(script: str, *args: str) -> None:
+    """Run ``benchmarks/script`` with ``args`` as a user would; fail with its output if it fails."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT / "benchmarks")])}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], env=env,
                           capture_output=True, text=True, timeout=300)
@@ -42,3 +45,13 @@ def test_bench_scaling_runs(tmp_path: Path) -> None:
         assert len(r["all_seconds"]) == 2 and r["seconds"] == min(r["all_seconds"])
         assert r["shards"] >= 1 and r["shard_tokens"] >= r["tokens"] / r["shards"]
         assert r["random_read_ns"] > 0
+
+
+def test_bench_eval_runs_ours(tmp_path: Path) -> None:
+    """Ours only (the peer, lm-eval, is not a dependency): the path benchmarks/gpu_eval.sh takes on a GPU."""
+    out = tmp_path / "eval.json"
+    run_benchmark("bench_eval.py", "--shape", "tiny", "--pairs", "30", "--peer-batch-sizes", "", "--device", "cpu",
+                  "--tokenizer", str(TOKENIZER), "--json", str(out))
+    res = json.loads(out.read_text())
+    assert res["pairs"] == 30 and res["device"] == "cpu" and res["dtype"] == "fp32" and res["peers"] == {}
+    assert 0 < res["ours_pairs_per_s"] <= res["ours_pairs_per_s_scoring_only"]
