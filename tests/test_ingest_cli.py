@@ -6,6 +6,7 @@ Expected steps, windows and counts are worked out by hand from where the tests p
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -96,6 +97,26 @@ def test_pythia_build_query_info(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert TOKENIZER_NAME in info and "custom: 2049 tokens/item × 2 items/step" in info and "pile.bin" in info
     assert main(["info", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["items"] == 6
+
+
+def test_query_phrases_from_a_file_or_stdin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_mmidx(tmp_path / "pile", _pythia_items())
+    out = tmp_path / "idx"
+    assert main(["build", str(tmp_path / "pile.bin"), "--format", "pythia", "--out", str(out), "--tokenizer",
+                 str(TOKENIZER), "--schedule", "custom", "--item-length", str(L), "--items-per-step", "2",
+                 "--checkpoints", "0,1,2,3", "--no-progress"]) == 0
+    expected = _query(capsys, out, "these cats", "these dogs", "this dog")["results"]
+    (tmp_path / "phrases.txt").write_text("these dogs\n\n  \nthis dog\n", encoding="utf-8")
+    assert _query(capsys, out, "these cats", extra=("--file", str(tmp_path / "phrases.txt")))["results"] == expected
+    monkeypatch.setattr("sys.stdin", io.StringIO("these dogs\nthis dog"))
+    assert _query(capsys, out, "these cats", extra=("--file", "-"))["results"] == expected
+    assert main(["query", str(out)]) == 2
+    assert "no phrases: give them as arguments or with --file PATH" in capsys.readouterr().err
+    assert main(["query", str(out), "--file", str(tmp_path / "missing.txt")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read phrases from {tmp_path / 'missing.txt'}" in err
 
 
 def test_pythia_shards_and_default_schedule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,7 +24,9 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("index", help="index directory")
-    p.add_argument("phrases", nargs="+", metavar="PHRASE")
+    p.add_argument("phrases", nargs="*", metavar="PHRASE")
+    p.add_argument("--file", metavar="PATH", default=None,
+                   help="also look up the phrases in PATH, one per line, blank lines skipped ('-': standard input)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--as-written", action="store_true", help="tokenize each phrase exactly as typed (no leading space)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json to use (must be the index's own)")
@@ -121,13 +123,28 @@ def _table(answer: dict[str, Any], max_windows: int) -> str:
     return head + "\n" + "\n".join(lines)
 
 
+def read_phrases(path: str) -> list[str]:
+    """The non-blank lines of ``path`` (``-``: standard input), without their line ends."""
+    import sys
+    from pathlib import Path
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read phrases from {path}: {exc}") from None
+    return [line for line in text.splitlines() if line.strip()]
+
+
 def run(args: argparse.Namespace) -> int:
     from exposure.engine import Index, IndexFileError
     from exposure.tokenizer import TokenizerMismatchError
 
+    phrases = list(args.phrases) + (read_phrases(args.file) if args.file is not None else [])
+    if not phrases:
+        raise UserError("no phrases: give them as arguments or with --file PATH")
     try:
         index = Index(args.index)
-        answer = query_phrases(index, list(args.phrases), tokenizer=args.tokenizer, as_written=args.as_written)
+        answer = query_phrases(index, phrases, tokenizer=args.tokenizer, as_written=args.as_written)
     except (IndexFileError, TokenizerMismatchError) as exc:
         raise UserError(str(exc)) from None
     if args.json:
