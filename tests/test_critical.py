@@ -263,11 +263,20 @@ def test_token_spans_decode_to_the_words_on_real_pairs(vocab, tokenizer) -> None
             assert len(queries) == len(set(map(tuple, queries))) and len(queries) >= 2
 
 
-def test_parallel_workers_give_the_same_table(vocab, tokenizer) -> None:
+def test_parallel_workers_give_the_same_table(vocab, tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers are not forked copies of this process, which may hold threads (the tokenizer's, torch's):
+    a lock held by one of them at the fork would never be released in the copy."""
+    import os
+
     from exposure.critical import critical_phrases
 
     pairs = load_blimp(BLIMP, phenomena=["npi_licensing"])[:4000]
     one = critical_phrases(pairs, vocab, tokenizer, workers=1)
+
+    def no_fork() -> int:
+        raise AssertionError("critical_phrases forked the calling process")
+
+    monkeypatch.setattr(os, "fork", no_fork)
     two = critical_phrases(pairs, vocab, tokenizer, workers=2)
     assert one.equals(two) and one.schema.metadata == two.schema.metadata
 

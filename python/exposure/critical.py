@@ -1384,17 +1384,18 @@ def critical_phrases(
     """Find every pair's critical phrase and tabulate it under ``tokenizer`` (see :func:`phrase_table`).
 
     With more than one worker (default: the number of cores, at most 8; only for 4,000 pairs or more
-    and where processes can be forked) the pairs are split into chunks handled by forked processes;
-    the table is the same, row for row.
+    and where the platform has a fork server) the pairs are split into chunks handled by worker processes;
+    the table is the same, row for row. The workers come from a fork server, not from forking this process,
+    which may hold threads (the tokenizer's, torch's) and their locks: a forked copy could deadlock.
     """
     n_workers = min(8, os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    can_fork = "fork" in multiprocessing.get_all_start_methods()
+    can_fork = "forkserver" in multiprocessing.get_all_start_methods()
     if n_workers == 1 or len(pairs) < 4000 or not can_fork:
         return phrase_table(find_critical_phrases(pairs, vocab, progress=progress), tokenizer, progress=progress)
     n_chunks = n_workers * 4
     size = -(-len(pairs) // n_chunks)
     chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("forkserver")
     with ctx.Pool(n_workers, initializer=_worker_init, initargs=(vocab, tokenizer)) as pool:
         it = pool.imap(_worker_run, chunks)
         if progress:
