@@ -9,11 +9,14 @@ import gzip
 import json
 import os
 import struct
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from exposure.data import blimp_dir, corpus_path, tokenizer_path
 
 # the project's shared data folder sits beside the repository (CI: beside the fresh clone)
 SHARED = Path(os.environ.get("EXPOSURE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -127,8 +130,6 @@ def small_bpe_tokenizer(path: Path, vocab_size: int = 1000, lines: int = 2000) -
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from exposure.data import corpus_path
-
     with gzip.open(corpus_path(), "rt", encoding="utf-8") as handle:
         text = [line for _, line in zip(range(lines), handle)]
     tokenizer = Tokenizer(models.BPE())
@@ -148,9 +149,7 @@ def small_bpe_tokenizer(path: Path, vocab_size: int = 1000, lines: int = 2000) -
 if NEOX_TOKENIZER.is_file() and GPT2_TOKENIZER.is_file():
     TOKENIZER, OTHER_TOKENIZER = NEOX_TOKENIZER, GPT2_TOKENIZER
 else:
-    import tempfile
-
-    from exposure.data import tokenizer_path
-
     TOKENIZER = tokenizer_path()
     OTHER_TOKENIZER = small_bpe_tokenizer(Path(tempfile.mkdtemp(prefix="exposure-tests-")) / "tokenizer.json")
+# BLiMP: the shared copy (all 67 paradigms), else the one bundled with the package (the default phenomena's 25)
+BLIMP = SHARED / "blimp" if (SHARED / "blimp").is_dir() else blimp_dir()

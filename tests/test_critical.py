@@ -23,13 +23,10 @@ from exposure.critical import (
     surface_variants,
 )
 
+from _corpus_files import BLIMP, TOKENIZER  # noqa: E402
 from _corpus_files import NEOX_TOKENIZER as NEOX  # noqa: E402
-from _corpus_files import SHARED, TOKENIZER  # noqa: E402
-from exposure.data import blimp_dir  # noqa: E402
 
-# the shared copies, else the bundled ones (all paradigms of the default phenomena, the whole vocabulary)
-BLIMP = SHARED / "blimp" if (SHARED / "blimp").is_dir() else blimp_dir()
-VOCAB = find_vocabulary(BLIMP)
+VOCAB = find_vocabulary(BLIMP)  # the shared copy, else the bundled one (the whole vocabulary either way)
 GOLD = Path(__file__).parent / "data" / "critical_gold.jsonl"
 
 needs_neox = pytest.mark.skipif(not NEOX.is_file(), reason=f"shared tokenizer not at {NEOX}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import shutil
@@ -20,10 +19,10 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 from transformers import PreTrainedTokenizerFast
 
-from _corpus_files import OTHER_TOKENIZER, SHARED, TOKENIZER
+from _corpus_files import BLIMP, OTHER_TOKENIZER, SHARED, TOKENIZER
 from exposure import _core
 from exposure.cli import main as cli_main
-from exposure.data import blimp_dir
+from exposure.blimp import load_blimp
 from exposure.evaluate import EvalError, evaluate_run, load_results
 from exposure.scoring import runs as runs_module
 from exposure.scoring.batching import make_batch, plan_batches
@@ -31,8 +30,7 @@ from exposure.scoring.pairs import encode_pairs, prefix_ids
 
 # GPT-NeoX and GPT-2 runs; where the shared data is absent the tokenizers are stand-ins (bundled, and a small BPE)
 NEOX, GPT2 = TOKENIZER, OTHER_TOKENIZER
-if (SHARED / "blimp").is_dir():
-    BLIMP = SHARED / "blimp"
+if BLIMP == SHARED / "blimp":
     PARADIGMS: tuple[str, ...] = (
         "determiner_noun_agreement_1",
         "regular_plural_subject_verb_agreement_1",
@@ -40,8 +38,7 @@ if (SHARED / "blimp").is_dir():
         "wh_questions_object_gap",
         "existential_there_quantifiers_1",
     )
-else:  # the bundled paradigms
-    BLIMP = blimp_dir()
+else:  # from the bundled paradigms
     PARADIGMS = (
         "determiner_noun_agreement_1",
         "regular_plural_subject_verb_agreement_1",
@@ -64,14 +61,10 @@ def make_pairs(tokenizer_file: Path, per_paradigm: int = 5) -> pa.Table:
     """
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     rows: list[dict[str, Any]] = []
-    for paradigm in PARADIGMS:
-        plain = BLIMP / f"{paradigm}.jsonl"
-        with open(plain) if plain.exists() else gzip.open(BLIMP / f"{paradigm}.jsonl.gz", "rt") as handle:
-            lines = handle.readlines()[:per_paradigm]
-        for line in lines:
-            rec = json.loads(line)
-            good = tokenizer.encode(rec["sentence_good"], add_special_tokens=False).ids
-            bad = tokenizer.encode(rec["sentence_bad"], add_special_tokens=False).ids
+    for paradigm in PARADIGMS:  # in this order: tests below address rows by position
+        for p in load_blimp(BLIMP, paradigms=[paradigm])[:per_paradigm]:
+            good = tokenizer.encode(p.sentence_good, add_special_tokens=False).ids
+            bad = tokenizer.encode(p.sentence_bad, add_special_tokens=False).ids
             first = 0
             while first < min(len(good), len(bad)) and good[first] == bad[first]:
                 first += 1
@@ -79,12 +72,12 @@ def make_pairs(tokenizer_file: Path, per_paradigm: int = 5) -> pa.Table:
             while tail < min(len(good), len(bad)) - first and good[-1 - tail] == bad[-1 - tail]:
                 tail += 1
             row: dict[str, Any] = {
-                "pair_uid": f"{rec['UID']}/{rec['pairID']}",
-                "uid": rec["UID"],
-                "pair_id": int(rec["pairID"]),
-                "phenomenon": rec["linguistics_term"],
-                "sentence_good": rec["sentence_good"],
-                "sentence_bad": rec["sentence_bad"],
+                "pair_uid": p.pair_uid,
+                "uid": p.uid,
+                "pair_id": p.pair_id,
+                "phenomenon": p.phenomenon,
+                "sentence_good": p.sentence_good,
+                "sentence_bad": p.sentence_bad,
             }
             for side, ids in (("good", good), ("bad", bad)):
                 start = min(first, len(ids) - 1)

@@ -60,13 +60,18 @@ def _query(capsys: pytest.CaptureFixture[str], index: Path, *phrases: str, extra
     return json.loads(capsys.readouterr().out)
 
 
-def test_pythia_build_query_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _build_pythia(tmp_path: Path) -> Path:
+    """``exposure build`` of :func:`_pythia_items` in the Pythia layout, 2 items per step, checkpoints 0-3."""
     write_mmidx(tmp_path / "pile", _pythia_items())
     out = tmp_path / "idx"
-    rc = main(["build", str(tmp_path / "pile.bin"), "--format", "pythia", "--out", str(out), "--tokenizer",
-               str(TOKENIZER), "--schedule", "custom", "--item-length", str(L), "--items-per-step", "2",
-               "--checkpoints", "0,1,2,3", "--no-progress"])
-    assert rc == 0
+    assert main(["build", str(tmp_path / "pile.bin"), "--format", "pythia", "--out", str(out), "--tokenizer",
+                 str(TOKENIZER), "--schedule", "custom", "--item-length", str(L), "--items-per-step", "2",
+                 "--checkpoints", "0,1,2,3", "--no-progress"]) == 0
+    return out
+
+
+def test_pythia_build_query_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _build_pythia(tmp_path)
     ans = _query(capsys, out, "these dogs", "this dog", "these cats")
     r = {x["phrase"]: x for x in ans["results"]}
     assert r["these dogs"]["token_ids"] == THESE_DOGS
@@ -102,11 +107,7 @@ def test_pythia_build_query_info(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_query_phrases_from_a_file_or_stdin(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_mmidx(tmp_path / "pile", _pythia_items())
-    out = tmp_path / "idx"
-    assert main(["build", str(tmp_path / "pile.bin"), "--format", "pythia", "--out", str(out), "--tokenizer",
-                 str(TOKENIZER), "--schedule", "custom", "--item-length", str(L), "--items-per-step", "2",
-                 "--checkpoints", "0,1,2,3", "--no-progress"]) == 0
+    out = _build_pythia(tmp_path)
     expected = _query(capsys, out, "these cats", "these dogs", "this dog")["results"]
     (tmp_path / "phrases.txt").write_text("these dogs\n\n  \nthis dog\n", encoding="utf-8")
     assert _query(capsys, out, "these cats", extra=("--file", str(tmp_path / "phrases.txt")))["results"] == expected
@@ -146,9 +147,8 @@ def test_text_build_records_packing(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["build", str(a), str(b), "--format", "text", "--out", str(out), "--tokenizer",
                  str(TOKENIZER.parent), "--item-length", "6", "--items-per-step", "2", "--no-shuffle",
                  "--no-progress"]) == 0
-    tk = _TK
     docs = ["The cat sat.", "I saw these dogs today.", "this dog runs", "And these dogs bark."]
-    stream = [t for d in docs for t in tk.encode(d, add_special_tokens=False).ids + [0]]
+    stream = [t for d in docs for t in _TK.encode(d, add_special_tokens=False).ids + [0]]
     n = len(stream) // 6 * 6
     index = exposure.Index(out)
     assert index.num_tokens == n and index.tokens(0, n).tolist() == stream[:n]
@@ -171,8 +171,7 @@ def test_text_seed_recorded_and_changes_order(tmp_path: Path) -> None:
 
     lines = [f"line number {i}" for i in range(40)]
     src = write_text(tmp_path / "c.txt", "".join(x + "\n" for x in lines))
-    tk = _TK
-    docs = [tk.encode(x, add_special_tokens=False).ids + [0] for x in lines]
+    docs = [_TK.encode(x, add_special_tokens=False).ids + [0] for x in lines]
     for seed in (1, 2):
         idx = exposure.ingest.build([src], "text", tmp_path / f"s{seed}", tokenizer=TOKENIZER, item_length=8,
                                     items_per_step=1, seed=seed, progress=False)

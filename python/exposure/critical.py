@@ -1389,8 +1389,8 @@ def critical_phrases(
     which may hold threads (the tokenizer's, torch's) and their locks: a forked copy could deadlock.
     """
     n_workers = min(8, os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    can_fork = "forkserver" in multiprocessing.get_all_start_methods()
-    if n_workers == 1 or len(pairs) < 4000 or not can_fork:
+    has_forkserver = "forkserver" in multiprocessing.get_all_start_methods()
+    if n_workers == 1 or len(pairs) < 4000 or not has_forkserver:
         return phrase_table(find_critical_phrases(pairs, vocab, progress=progress), tokenizer, progress=progress)
     n_chunks = n_workers * 4
     size = -(-len(pairs) // n_chunks)
