@@ -187,3 +187,21 @@ def test_chance_sentence_quotes_the_interval() -> None:
     low, high = d.validation.final_ci_low, d.validation.final_ci_high
     assert low <= 0.5 <= high
     assert f"ends indistinguishable from chance (accuracy 0.55, 95% CI {low:.2f}–{high:.2f} includes 0.5)" in text
+
+
+def test_final_point_reports_its_own_pair_count(tmp_path) -> None:
+    # 30 pairs are first seen at step 5 (proxy-validation at step 0 only), 8 at step 25 (proxy-validation
+    # until step 20): the proxy-validation curve ends at step 20 with 8 pairs, out of 38 over the run
+    steps = np.array([0, 10, 20, 30])
+    first = np.array([5] * 30 + [25] * 8)
+    correct = np.ones((38, 4), bool)
+    res = gen.analyze_generalization(np.arange(38).astype(str), np.full(38, "x"), first, correct, steps,
+                                     min_pairs=5, n_boot=50, rng=np.random.default_rng(0))
+    v = res.overall.validation
+    assert (v.n_distinct, v.final_step, v.final_n) == (38, 20, 8)
+    assert v.final_n == res.curves["ALL"].n["validation"][2]
+    assert (res.overall.train.final_step, res.overall.train.final_n) == (30, 38)
+    assert any("(38 pairs over the run) ends at accuracy 1.00" in s and "n = 8) at step 20" in s
+               for s in summarize_generalization(res))
+    rows = {(r["phenomenon"], r["group"]): r for r in gen.tables(res)["transitions"].to_pylist()}
+    assert rows[("ALL", "validation")]["final_n_pairs"] == 8 and rows[("ALL", "validation")]["n_pairs"] == 38

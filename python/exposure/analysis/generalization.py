@@ -145,6 +145,7 @@ class Crossing:
     group: str
     n_distinct: int
     final_step: int | None
+    final_n: int
     final_accuracy: float
     final_ci_low: float
     final_ci_high: float
@@ -193,6 +194,7 @@ def crossing(curves: CurveSet, group: str, threshold: float, min_pairs: int) -> 
         group=group,
         n_distinct=curves.n_distinct[group],
         final_step=int(steps[final_idx]) if final_idx >= 0 else None,
+        final_n=int(curves.n[group][final_idx]) if final_idx >= 0 else 0,
         final_accuracy=float(final),
         final_ci_low=float(f_low),
         final_ci_high=float(f_high),
@@ -391,6 +393,7 @@ TRANSITIONS_SCHEMA = pa.schema(
         ("group", pa.string()),
         ("n_pairs", pa.int64()),
         ("final_step", pa.int64()),
+        ("final_n_pairs", pa.int64()),
         ("final_accuracy", pa.float64()),
         ("final_ci_low", pa.float64()),
         ("final_ci_high", pa.float64()),
@@ -460,6 +463,7 @@ def tables(result: GeneralizationResult) -> dict[str, pa.Table]:
                     "group": c.group,
                     "n_pairs": c.n_distinct,
                     "final_step": c.final_step,
+                    "final_n_pairs": c.final_n,
                     "final_accuracy": _nan_to_none(c.final_accuracy),
                     "final_ci_low": _nan_to_none(c.final_ci_low),
                     "final_ci_high": _nan_to_none(c.final_ci_high),

@@ -52,8 +52,8 @@ def _crossing_text(c: Crossing, threshold: float, min_pairs: int) -> str:
             return f"{label} has no pairs"
         return f"{label} never has ≥ {min_pairs} pairs at a checkpoint, so it has no threshold step"
     head = (
-        f"{label} (n = {c.n_distinct}) ends at accuracy {_num(c.final_accuracy)} "
-        f"({_ci(c.final_ci_low, c.final_ci_high, 2)}) at step {c.final_step:,}"
+        f"{label} ({c.n_distinct:,} pairs over the run) ends at accuracy {_num(c.final_accuracy)} "
+        f"({_ci(c.final_ci_low, c.final_ci_high, 2)}, n = {c.final_n:,}) at step {c.final_step:,}"
     )
     if c.step is None and not c.above_chance:
         text = f"{head}: not above chance, so it has no threshold step (never learned)"
