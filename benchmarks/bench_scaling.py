@@ -10,13 +10,19 @@ that SA-IS's inductions read at random. SA-IS does the same work per token at ev
 does not charge the same per access. numpy's gather carries its own per-element overhead, so this column
 understates the growth; ``benchmarks/random_reads.cpp`` measures the same reads prefetched, as the engine does.
 
-    PYTHONPATH=python:benchmarks .venv/bin/python benchmarks/bench_scaling.py --sizes 100000000 300000000
+``--peers tokengrams,infini-gram`` builds the same streams with the peers too (their own interpreter,
+``--peer-python``, as in bench_engine.py), interleaved with ours, so that their ratio on this machine, in
+the same run, says how much of a ratio above 3 the machine charges any suffix-array builder.
+
+    PYTHONPATH=python:benchmarks .venv/bin/python benchmarks/bench_scaling.py --sizes 100000000 300000000 \
+        --peers tokengrams,infini-gram --peer-python /tmp/peers/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_engine import ITEM, PEERS_PY, _read_result, run_child
 from corpus import realistic_stream
+
+PEER_BUILDS = {"tokengrams": "tokengrams-build", "infini-gram": "infinigram-build"}
 
 CHILD = """
 import json, sys, time, numpy as np, exposure
@@ -57,6 +66,23 @@ def random_read_ns(array_bytes: int, reads: int = 1 << 24, repeats: int = 5) -> 
     return best / reads * 1e9
 
 
+def build_peer(name: str, stream: Path, work: Path, args) -> float:
+    """Seconds of one build of ``stream`` by the peer ``name`` (peers.py in the peers' interpreter)."""
+    out, result = work / f"peer-{name}", work / f"peer-{name}.json"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads), TRANSFORMERS_VERBOSITY="error")
+    cmd = [args.peer_python, str(PEERS_PY), PEER_BUILDS[name], "--tokens", str(stream), "--out-dir", str(out),
+           "--threads", str(args.threads), "--mem-gib", str(args.peer_mem_gib), "--item-length", str(ITEM),
+           "--result", str(result)]
+    res = _read_result(result, run_child(cmd, args.peer_timeout, work / f"peer-{name}.log", env))
+    shutil.rmtree(out, ignore_errors=True)
+    if not res.get("ok"):
+        raise SystemExit(f"[scaling] {name} build of {stream.name} failed: {res.get('error')}\n"
+                         f"{res.get('output_tail', '')}")
+    return float(res["seconds"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000_000, 300_000_000])
@@ -65,7 +91,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="builds per size, alternating sizes (fastest kept)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--peers", default="", help="comma-separated peers to build too: tokengrams, infini-gram")
+    ap.add_argument("--peer-python", default="/tmp/peers/bin/python", help="interpreter with the peers installed")
+    ap.add_argument("--peer-mem-gib", type=int, default=8, help="infini-gram's --mem (GiB)")
+    ap.add_argument("--peer-timeout", type=float, default=3600.0, help="seconds per peer build at most")
     args = ap.parse_args()
+    peers = [p for p in args.peers.split(",") if p]
+    unknown = sorted(set(peers) - set(PEER_BUILDS))
+    if unknown:
+        ap.error(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEER_BUILDS)}")
+    if peers and not Path(args.peer_python).exists():
+        ap.error(f"peer interpreter {args.peer_python} not found (install infini-gram and tokengrams in a venv)")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="exposure-scaling-"))
     work.mkdir(parents=True, exist_ok=True)
     results = []
@@ -76,6 +112,7 @@ def main() -> None:
             print(f"[scaling] generating {n:,} tokens", file=sys.stderr)
             realistic_stream(n).tofile(streams[n])
         runs: dict[int, list[dict]] = {n: [] for n in args.sizes}
+        peer_runs: dict[str, dict[int, list[float]]] = {p: {n: [] for n in args.sizes} for p in peers}
         for rep in range(args.repeats):
             for n in args.sizes:
                 out = work / f"index-{n}"
@@ -88,6 +125,9 @@ def main() -> None:
                 r.update(tokens=n, wall=time.perf_counter() - t)
                 runs[n].append(r)
                 shutil.rmtree(out)
+                for p in peers:
+                    print(f"[scaling] {p}: building {n:,} tokens ({rep + 1}/{args.repeats})", file=sys.stderr)
+                    peer_runs[p][n].append(build_peer(p, streams[n], work, args))
         for n in args.sizes:
             best = min(runs[n], key=lambda r: r["seconds"])
             results.append({**best, "all_seconds": [r["seconds"] for r in runs[n]],
@@ -110,8 +150,19 @@ def main() -> None:
     if len(results) > 1 and args.repeats > 1:
         med = [float(np.median(r["all_seconds"])) for r in results]
         print("ratio of median builds: " + ", ".join(f"{m / med[0]:.2f}" for m in med[1:]))
+    peer_results = {p: [{"tokens": n, "seconds": min(t), "all_seconds": t} for n, t in by_size.items()]
+                    for p, by_size in peer_runs.items()}
+    if peer_results:
+        print("\nbuild time ratio to the first size, same streams, same run (fastest builds; medians):")
+        rows = {"exposure": [{"tokens": r["tokens"], "seconds": r["seconds"], "all_seconds": r["all_seconds"]}
+                             for r in results], **peer_results}
+        for name, rs in rows.items():
+            med0 = float(np.median(rs[0]["all_seconds"]))
+            print(f"  {name:<12} " + "; ".join(
+                f"{r['tokens']:,}: {r['seconds']:.2f} s, {r['seconds'] / rs[0]['seconds']:.2f}x "
+                f"({float(np.median(r['all_seconds'])) / med0:.2f}x)" for r in rs))
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        Path(args.out).write_text(json.dumps({"exposure": results, "peers": peer_results}, indent=1))
 
 
 if __name__ == "__main__":

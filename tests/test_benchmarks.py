@@ -40,8 +40,9 @@ def test_bench_scaling_runs(tmp_path: Path) -> None:
     out = tmp_path / "scaling.json"
     run_benchmark("bench_scaling.py", "--sizes", "200000", "600000", "--repeats", "2", "--out", str(out))
     res = json.loads(out.read_text())
-    assert [r["tokens"] for r in res] == [200_000, 600_000]
-    for r in res:
+    assert res["peers"] == {}
+    assert [r["tokens"] for r in res["exposure"]] == [200_000, 600_000]
+    for r in res["exposure"]:
         assert len(r["all_seconds"]) == 2 and r["seconds"] == min(r["all_seconds"])
         assert r["shards"] >= 1 and r["shard_tokens"] >= r["tokens"] / r["shards"]
         assert r["random_read_ns"] > 0
