@@ -338,17 +338,22 @@ def query_ours(index_dir: str, phrases, lat, freq, bounds: np.ndarray, reps: int
 # peers
 
 
+def peer_env(threads: int) -> dict[str, str]:
+    """Environment for a peers.py child: without our PYTHONPATH, with the peers held to ``threads``."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["RAYON_NUM_THREADS"] = str(threads)  # tokengrams' sort and rust_indexing use rayon
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["TRANSFORMERS_VERBOSITY"] = "error"
+    return env
+
+
 def run_peers(args, work: Path, tokens: Path, phrase_file: Path, answers: dict, lat_idx, freq) -> dict:
     out: dict = {}
     py = args.peer_python
     if not Path(py).exists():
         msg = f"peer interpreter {py} not found (install infini-gram and tokengrams in a venv, pass --peer-python)"
         return {"tokengrams": {"ok": False, "error": msg}, "infini-gram": {"ok": False, "error": msg}}
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    env["RAYON_NUM_THREADS"] = str(args.threads)  # tokengrams' sort and rust_indexing use rayon
-    env["OMP_NUM_THREADS"] = str(args.threads)
-    env["TRANSFORMERS_VERBOSITY"] = "error"
+    env = peer_env(args.threads)
     mem_gib = max(1, args.memory_budget >> 30)
     specs = {
         "tokengrams": ("tokengrams-build", "tokengrams-query", ["--tokens", str(tokens)]),

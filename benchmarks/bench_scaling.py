@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_engine import ITEM, PEERS_PY, _read_result, run_child
+from bench_engine import ITEM, PEERS_PY, _read_result, peer_env, run_child
 from corpus import realistic_stream
 
 PEER_BUILDS = {"tokengrams": "tokengrams-build", "infini-gram": "infinigram-build"}
@@ -70,12 +69,10 @@ def build_peer(name: str, stream: Path, work: Path, args) -> float:
     """Seconds of one build of ``stream`` by the peer ``name`` (peers.py in the peers' interpreter)."""
     out, result = work / f"peer-{name}", work / f"peer-{name}.json"
     shutil.rmtree(out, ignore_errors=True)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads), TRANSFORMERS_VERBOSITY="error")
     cmd = [args.peer_python, str(PEERS_PY), PEER_BUILDS[name], "--tokens", str(stream), "--out-dir", str(out),
            "--threads", str(args.threads), "--mem-gib", str(args.peer_mem_gib), "--item-length", str(ITEM),
            "--result", str(result)]
-    res = _read_result(result, run_child(cmd, args.peer_timeout, work / f"peer-{name}.log", env))
+    res = _read_result(result, run_child(cmd, args.peer_timeout, work / f"peer-{name}.log", peer_env(args.threads)))
     shutil.rmtree(out, ignore_errors=True)
     if not res.get("ok"):
         raise SystemExit(f"[scaling] {name} build of {stream.name} failed: {res.get('error')}\n"
