@@ -177,3 +177,43 @@ def test_cli_errors_are_clear(tmp_path, capsys) -> None:
     other_splits, _ = write_synthetic(other, SyntheticSpec(phenomena=("zzz",), pairs_per_phenomenon=3, steps=(0,)))
     assert cli.main(base + ["--splits", str(other_splits)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_damaged_evaluation_files_are_named_or_noted(tmp_path, capsys) -> None:
+    spec = SyntheticSpec(pairs_per_phenomenon=10, steps=(0, 100, 200, 400))
+    splits, eval_dir = write_synthetic(tmp_path, spec)
+    base = ["analyze", "--splits", str(splits), "--eval", str(eval_dir), "--n-boot", "20", "--no-progress"]
+    # a checkpoint whose attention is gone, one whose scores were written but never marked finished
+    (eval_dir / "attention" / "step100.npy").unlink()
+    run = json.loads((eval_dir / "run.json").read_text())
+    run["finished_checkpoints"] = [0, 100, 200]
+    (eval_dir / "run.json").write_text(json.dumps(run))
+    assert cli.main(base + ["--out", str(tmp_path / "a")]) == 0
+    html = (tmp_path / "a" / "report.html").read_text(encoding="utf-8")
+    assert "Scores of step 400 are not marked finished in run.json" in html
+    assert "1 scored checkpoint(s) have no attention file (step 100)" in html
+    steps = {r["step"] for r in pq.read_table(tmp_path / "a" / "curves.parquet").to_pylist()}
+    assert steps == {0, 100, 200}
+    assert {r["step"] for r in pq.read_table(tmp_path / "a" / "head_attention.parquet").to_pylist()} == {0, 200}
+    # a finished checkpoint whose scores file is gone
+    (eval_dir / "scores" / "step200.parquet").unlink()
+    assert cli.main(base + ["--out", str(tmp_path / "b")]) == 0
+    assert "Step 200: marked finished in run.json but without a scores file" in (
+        tmp_path / "b" / "report.html").read_text(encoding="utf-8")
+    capsys.readouterr()
+    # a truncated hidden-states file: a clear error naming it, before any analysis, though no analysis reads step 100
+    states = eval_dir / "states" / "step100.npy"
+    states.write_bytes(states.read_bytes()[:1000])
+    assert cli.main(base + ["--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert str(states) in err and "not a readable .npy array" in err and "recomputes checkpoint 100" in err
+    assert not (tmp_path / "c" / "report.html").exists()
+    # a states file for other pairs; one for the same pairs from a model of another shape
+    n_pairs = pq.read_metadata(eval_dir / "pairs.parquet").num_rows
+    np.save(states, np.zeros((n_pairs + 1, 2, 3, 5), np.float16))
+    assert cli.main(base + ["--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert str(states) in err and f"expected [{n_pairs}, 2, ...]" in err
+    np.save(states, np.zeros((n_pairs, 2, 3, 5), np.float16))
+    assert cli.main(base + ["--out", str(tmp_path / "e")]) == 2
+    assert "states arrays differ in shape between checkpoints" in capsys.readouterr().err

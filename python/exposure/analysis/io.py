@@ -99,12 +99,37 @@ class EvalData:
 def _load_array(files: dict[int, Path], step: int, kind: str, ndim: int, n_pairs: int) -> np.ndarray:
     if step not in files:
         raise ValueError(f"no {kind} for step {step} (have: {sorted(files) or 'none'})")
-    arr = np.load(files[step], mmap_mode="r")
+    path = files[step]
+    redo = f"delete it and re-run `exposure eval` with the same --out: it recomputes checkpoint {step}"
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:  # truncated, not .npy, unreadable
+        raise ValueError(f"{path}: not a readable .npy array ({e}); {redo}") from None
     if arr.ndim != ndim or arr.shape[0] != n_pairs or arr.shape[1] != 2:
-        raise ValueError(
-            f"{files[step]}: shape {arr.shape}, expected [{n_pairs}, 2, ...] with {ndim} dimensions"
-        )
+        raise ValueError(f"{path}: shape {arr.shape}, expected [{n_pairs}, 2, ...] with {ndim} dimensions; {redo}")
     return arr
+
+
+def _check_arrays(
+    files: dict[int, Path], kind: str, used_by: str, n_pairs: int, steps: np.ndarray, notes: list[str]
+) -> None:
+    """Open every ``kind`` array once (a truncated or foreign file fails here, naming itself, not halfway through
+    an analysis), require one shape across checkpoints, and note the checkpoints that have none."""
+    shapes = {step: _load_array(files, step, kind, 4, n_pairs).shape for step in files}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"step {s}: {list(shape)}" for s, shape in shapes.items())
+        raise ValueError(f"{kind} arrays differ in shape between checkpoints ({listed}): one model per evaluation")
+    missing = [int(s) for s in steps if int(s) not in files]
+    if files and missing:
+        notes.append(
+            f"{len(missing)} scored checkpoint(s) have no {kind} file ({_steps_text(missing)}); the {used_by} use "
+            f"the other {len(files)}. Re-running `exposure eval` with the same --out recomputes them."
+        )
+
+
+def _steps_text(steps: list[int], shown: int = 8) -> str:
+    text = ", ".join(f"step {s}" for s in steps[:shown])
+    return text + (f" and {len(steps) - shown} more" if len(steps) > shown else "")
 
 
 def read_splits(path: str | Path) -> dict[str, np.ndarray]:
@@ -144,7 +169,9 @@ def load_eval(
 ) -> EvalData:
     """Read the splits table and the evaluation directory, joined on ``pair_uid``.
 
-    Raises ``FileNotFoundError``/``ValueError`` with a clear message on a missing or inconsistent input.
+    Only the checkpoints that run.json lists as finished are read (when it lists them). Every hidden-state and
+    attention array is opened and its shape checked here. Raises ``FileNotFoundError``/``ValueError`` with a clear
+    message naming the file on a missing or inconsistent input; checkpoints left out are said in ``notes``.
     """
     eval_dir = Path(eval_dir)
     if not eval_dir.is_dir():
@@ -192,8 +219,23 @@ def load_eval(
         raise ValueError("no evaluated pair has a critical phrase: nothing to analyse")
 
     score_files = _step_files(eval_dir / "scores", "parquet")
+    if "finished_checkpoints" in run:  # `exposure eval` marks a checkpoint finished after its three files
+        finished = {int(s) for s in run["finished_checkpoints"]}
+        unfinished = [s for s in score_files if s not in finished]
+        lost = sorted(s for s in finished if s not in score_files)
+        if unfinished:
+            notes.append(
+                f"Scores of {_steps_text(unfinished)} are not marked finished in run.json (an interrupted "
+                "`exposure eval`): left out. Re-running it with the same --out finishes them."
+            )
+        if lost:
+            notes.append(
+                f"{_steps_text(lost).capitalize()}: marked finished in run.json but without a scores file, left "
+                "out. Re-running `exposure eval` with the same --out recomputes them."
+            )
+        score_files = {s: p for s, p in score_files.items() if s in finished}
     if not score_files:
-        raise ValueError(f"{eval_dir / 'scores'}: no scores/step{{S}}.parquet files")
+        raise ValueError(f"{eval_dir / 'scores'}: no scores/step{{S}}.parquet files of finished checkpoints")
     steps = np.array(sorted(score_files), dtype=np.int64)
     correct = np.zeros((len(pair_uids), len(steps)), dtype=bool)
     for k, step in enumerate(tqdm(steps, desc="read scores", unit="ckpt", disable=not progress)):
@@ -201,6 +243,8 @@ def load_eval(
 
     state_files = {s: p for s, p in _step_files(eval_dir / "states", "npy").items() if s in score_files}
     attention_files = {s: p for s, p in _step_files(eval_dir / "attention", "npy").items() if s in score_files}
+    _check_arrays(state_files, "states", "concept-vector analyses", len(pair_uids), steps, notes)
+    _check_arrays(attention_files, "attention", "attention-head analyses", len(pair_uids), steps, notes)
     return EvalData(
         eval_dir=eval_dir,
         run=run,

@@ -144,7 +144,7 @@ def write_synthetic(root: str | Path, spec: SyntheticSpec | None = None) -> tupl
                 "pairs_file": str(splits_path),
                 "pairs_sha256": sha,
                 "scoring": "lm-eval-harness",
-                "finished": steps.tolist(),
+                "finished_checkpoints": steps.tolist(),
             }
         )
     )
