@@ -325,6 +325,14 @@ def test_resume_after_crash_gives_identical_tables(
     evaluate_run(neox["pairs"], neox["run"], out, device="cpu", dtype="fp32", batch_tokens=48, progress=False)
     assert loads == []
 
+    # a finished checkpoint's file cut short afterwards (a full disk, an interrupted copy) is computed again
+    for kind, path in (("states", out / "states" / "step2.npy"), ("scores", out / "scores" / "step1.parquet")):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        loads.clear()
+        evaluate_run(neox["pairs"], neox["run"], out, device="cpu", dtype="fp32", batch_tokens=48, progress=False)
+        assert loads == [2 if kind == "states" else 1], kind
+        _same_results(out, neox["base"] / "out")
+
 
 def test_resume_refuses_another_evaluation(neox: dict[str, Any], neox_results: Any, tmp_path: Path) -> None:
     out = tmp_path / "out"

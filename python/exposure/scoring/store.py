@@ -64,6 +64,18 @@ def step_paths(out_dir: Path, step: int) -> dict[str, Path]:
     }
 
 
+def _readable(path: Path) -> bool:
+    """Whether ``path`` is a whole .npy array (header and data) or Parquet file (footer): cheap, reads no data."""
+    try:
+        if path.suffix == ".npy":
+            np.load(path, mmap_mode="r")
+        else:
+            pq.read_metadata(path)
+    except (OSError, ValueError, EOFError):  # missing, truncated, not that format (pyarrow: ArrowInvalid, a ValueError)
+        return False
+    return True
+
+
 def scores_table(pair_uid: list[str], step: int, logp: np.ndarray, crit_logp: np.ndarray) -> pa.Table:
     """The per-checkpoint scores table; ``correct`` is ``logp_good > logp_bad`` (ties are wrong)."""
     return pa.table(
@@ -154,8 +166,10 @@ class OutputDir:
         os.replace(tmp, target)
 
     def is_finished(self, step: int) -> bool:
+        """Marked finished in run.json, with its three files in place and readable (a file truncated or
+        overwritten since, e.g. by a full disk or a copy cut short, makes the checkpoint be computed again)."""
         return step in self.info.get("finished_checkpoints", []) and all(
-            p.is_file() for p in step_paths(self.path, step).values()
+            _readable(p) for p in step_paths(self.path, step).values()
         )
 
     def new_states(self, step: int, shape: tuple[int, ...]) -> PendingStates:
