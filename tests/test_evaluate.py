@@ -328,6 +328,9 @@ def test_resume_after_crash_gives_identical_tables(
     # a finished checkpoint's file cut short afterwards (a full disk, an interrupted copy) is computed again
     for kind, path in (("states", out / "states" / "step2.npy"), ("scores", out / "scores" / "step1.parquet")):
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        with pytest.raises(EvalError, match="truncated or unreadable") as err:
+            load_results(out)
+        assert str(path) in str(err.value)
         loads.clear()
         evaluate_run(neox["pairs"], neox["run"], out, device="cpu", dtype="fp32", batch_tokens=48, progress=False)
         assert loads == [2 if kind == "states" else 1], kind

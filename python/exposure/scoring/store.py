@@ -244,4 +244,10 @@ def load_results(out_dir: str | Path) -> EvalResults:
         missing = [str(p) for p in step_paths(path, step).values() if not p.is_file()]
         if missing:
             raise EvalError(f"{path}: checkpoint {step} is marked finished but {', '.join(missing)} is missing")
+        damaged = [str(p) for p in step_paths(path, step).values() if not _readable(p)]
+        if damaged:
+            raise EvalError(
+                f"{path}: checkpoint {step} is marked finished but {', '.join(damaged)} is truncated or unreadable; "
+                "re-run `exposure eval` with the same --out to compute it again"
+            )
     return EvalResults(path, run, pq.read_table(path / "pairs.parquet"), finished)
