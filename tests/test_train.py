@@ -122,6 +122,14 @@ def test_plan_run_uses_schedule_and_refuses_contradictions() -> None:
         plan_run(40, schedule=None, items_per_step=8, checkpoints=None, checkpoint_every=None, steps=20, epochs=1)
     with pytest.raises(ValueError, match="beyond"):
         plan_run(40, schedule=None, items_per_step=8, checkpoints=(0, 9), checkpoint_every=None, steps=None, epochs=1)
+    # an explicit checkpoint interval wins over the schedule's checkpoints (it was silently ignored)
+    plan = plan_run(40, schedule=sched, items_per_step=None, checkpoints=None, checkpoint_every=4, steps=None, epochs=1)
+    assert plan.checkpoints == (0, 1, 2, 4, 8, 10)
+    # zero is refused, not taken for "use the default"
+    with pytest.raises(ValueError, match="checkpoint_every must be positive, got 0"):
+        plan_run(40, schedule=None, items_per_step=8, checkpoints=None, checkpoint_every=0, steps=None, epochs=1)
+    with pytest.raises(ValueError, match="items_per_step must be positive, got 0"):
+        plan_run(40, schedule=None, items_per_step=0, checkpoints=None, checkpoint_every=None, steps=None, epochs=1)
 
 
 def test_run_items_wraps_for_repeated_passes() -> None:

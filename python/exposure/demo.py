@@ -37,6 +37,11 @@ class DemoConfig:
     progress: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides (tests)
 
+    def __post_init__(self) -> None:
+        for name in ("item_length", "items_per_step", "pairs_per_paradigm", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DemoConfig.{name} must be positive, got {getattr(self, name)}")
+
 
 @dataclass
 class DemoResult:

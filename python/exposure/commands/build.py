@@ -6,19 +6,9 @@ import argparse
 import time
 from typing import Any
 
-from exposure.cli import UserError
+from exposure.cli import UserError, positive_int
 from exposure.readers import CorpusError
 from exposure.schedule import PRESET_NAMES, parse_checkpoints
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def _size(text: str) -> int:
@@ -65,10 +55,10 @@ def register(subparsers: Any) -> None:
              "(default: pythia for pythia, the config's batch size for olmo, custom for text)",
     )
     p.add_argument("--memory-budget", type=_size, default="8G", help="memory for building shards (8G, 512M; default 8G)")
-    p.add_argument("--threads", type=_positive, default=None, help="threads (default: all cores)")
-    p.add_argument("--item-length", type=_positive, default=None,
+    p.add_argument("--threads", type=positive_int, default=None, help="threads (default: all cores)")
+    p.add_argument("--item-length", type=positive_int, default=None,
                    help="tokens per item: text packing length (default 2049, or the schedule's), OLMo sequence length")
-    p.add_argument("--items-per-step", type=_positive, default=None, help="custom schedule: items per optimizer step")
+    p.add_argument("--items-per-step", type=positive_int, default=None, help="custom schedule: items per optimizer step")
     p.add_argument("--checkpoints", type=_checkpoints, default=None,
                    help="custom schedule: checkpoint steps, e.g. '0,1,2,4,8' or '0:1000:100' (default 0,1,2,4,…,last)")
     g = p.add_mutually_exclusive_group()
@@ -83,11 +73,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--drop-repetitive", action="store_true",
                    help="olmo: leave OLMo-2's masked repetitive instances out of exposure counts (they keep their slot)")
     p.add_argument("--data-root", default=None, help="olmo: local directory that stands for the config's remote URLs")
-    p.add_argument("--vocab-size", type=_positive, default=None,
+    p.add_argument("--vocab-size", type=positive_int, default=None,
                    help="token ids the data may hold (default: the tokenizer's vocabulary)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
     p.add_argument("--no-hash", action="store_true", help="record source sizes without sha256 (faster for huge corpora)")
-    p.add_argument("--shard-tokens", type=_positive, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--shard-tokens", type=positive_int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from exposure.cli import positive_int
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -19,9 +21,9 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    p.add_argument("--pairs-per-paradigm", type=int, default=100, help="BLiMP pairs per paradigm (default 100)")
-    p.add_argument("--eval-every", type=int, default=1, help="evaluate every k-th checkpoint (default: all)")
-    p.add_argument("--threads", type=int, default=None, help="threads for indexing (default: all cores)")
+    p.add_argument("--pairs-per-paradigm", type=positive_int, default=100, help="BLiMP pairs per paradigm (default 100)")
+    p.add_argument("--eval-every", type=positive_int, default=1, help="evaluate every k-th checkpoint (default: all)")
+    p.add_argument("--threads", type=positive_int, default=None, help="threads for indexing (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from exposure.cli import positive_int
+
 
 def _steps(text: str) -> list[int]:
     try:
@@ -15,16 +17,6 @@ def _steps(text: str) -> list[int]:
     if not steps:
         raise argparse.ArgumentTypeError("no checkpoints given")
     return steps
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -53,7 +45,7 @@ def register(subparsers: Any) -> None:
         help="model dtype (auto: bf16 on GPU, fp32 on CPU)",
     )
     parser.add_argument(
-        "--batch-tokens", type=_positive, default=None,
+        "--batch-tokens", type=positive_int, default=None,
         help="padded tokens per forward pass (default: 16384 on GPU; on CPU 393216 / model width, e.g. 512 for Pythia-160M)",
     )
     parser.add_argument(

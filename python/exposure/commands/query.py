@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from exposure.cli import UserError
+from exposure.cli import UserError, positive_int
 
 
 def register(subparsers: Any) -> None:
@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--as-written", action="store_true", help="tokenize each phrase exactly as typed (no leading space)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json to use (must be the index's own)")
-    p.add_argument("--windows", type=int, default=8, help="table: show at most this many non-empty windows (default 8)")
+    p.add_argument("--windows", type=positive_int, default=8, help="table: show at most this many non-empty windows (default 8)")
     p.set_defaults(func=run)
 
 
@@ -150,5 +150,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer, indent=1, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o)))
     else:
-        print(_table(answer, max(1, args.windows)))
+        print(_table(answer, args.windows))
     return 0

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from exposure.cli import positive_int
+
 HELP = "train a GPT-NeoX reference model from scratch on an index's items, in index order"
 
 
@@ -39,9 +41,10 @@ def register(subparsers: Any) -> None:
                    help=f"items per optimizer step (default: the index's schedule, else {DEFAULT_ITEMS_PER_STEP})")
     t.add_argument("--checkpoints", type=parse_checkpoints,
                    help="checkpoint steps, e.g. '0,1,2,4,8' or '0:1000:100' (default: the index's schedule, else Pythia-like)")
-    t.add_argument("--checkpoint-every", type=int,
-                   help="K of the Pythia-like default: 0, powers of two below K, then every K steps, and the last step "
-                        "(default: chosen for at most 25 checkpoints)")
+    t.add_argument("--checkpoint-every", type=positive_int,
+                   help="Pythia-like checkpoints every K steps: 0, powers of two below K, then every K steps, and the "
+                        "last step; given, it replaces the index's schedule's checkpoints (default: those, else K "
+                        "chosen for at most 25 checkpoints)")
     t.add_argument("--steps", type=int, help="optimizer steps (default: the index's schedule, else one pass × --epochs)")
     t.add_argument("--epochs", type=float, default=1.0, help="passes over the index (default 1)")
     t.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")

@@ -70,8 +70,8 @@ def plan_run(
     * items per step: ``items_per_step``, else the schedule's, else :data:`DEFAULT_ITEMS_PER_STEP`;
       a value that contradicts the index's schedule is refused (its exposures would be wrong);
     * steps: ``steps``, else the schedule's ``total_steps``, else ``ceil(epochs * num_items / B)``;
-    * checkpoints: ``checkpoints``, else the schedule's (those within the run), else Pythia-like
-      (:func:`~exposure.training.checkpoints.default_checkpoints` with ``checkpoint_every``).
+    * checkpoints: ``checkpoints``; else Pythia-like every ``checkpoint_every`` steps when it is given; else the
+      schedule's (those within the run); else Pythia-like (:func:`~exposure.training.checkpoints.default_checkpoints`).
     """
     if num_items <= 0:
         raise ValueError("the index has no items")
@@ -85,7 +85,8 @@ def plan_run(
                 f"training with another batch would make its exposure counts wrong (leave items_per_step out)"
             )
         b = schedule.items_per_step
-    b = b or DEFAULT_ITEMS_PER_STEP
+    if b is None:
+        b = DEFAULT_ITEMS_PER_STEP
     if b <= 0:
         raise ValueError(f"items_per_step must be positive, got {b}")
     available = int(math.floor(epochs * num_items + 1e-9))
@@ -105,7 +106,9 @@ def plan_run(
                 )
             total_items = available
     total_steps = math.ceil(total_items / b)
-    if checkpoints is None and schedule is not None:
+    if checkpoint_every is not None and checkpoint_every <= 0:
+        raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}")
+    if checkpoints is None and schedule is not None and checkpoint_every is None:
         within = [c for c in schedule.checkpoints if c <= total_steps]
         if len(within) < len(schedule.checkpoints):
             dropped = len(schedule.checkpoints) - len(within)
