@@ -356,6 +356,30 @@ def test_invalid_phrases(tmp_path):
     assert idx.count([]).shape == (0,)
 
 
+def test_invalid_build_and_inspection_arguments(tmp_path):
+    stream = np.arange(100, dtype=np.uint16) % 7
+    bad_builds = [(dict(item_length=0), "item_length must be positive"),
+                  (dict(item_length=-5), "item_length must be positive"),
+                  (dict(threads=0), "threads must be a positive number"),
+                  (dict(threads=-1), "threads must be a positive number"),
+                  (dict(memory_budget_bytes=0), "memory_budget_bytes must be positive")]
+    for kwargs, msg in bad_builds:
+        with pytest.raises(ValueError, match=msg):
+            exposure.build_index(stream, tmp_path / "ix", vocab_size=7, progress=False, **kwargs)
+        assert not list(tmp_path.iterdir())  # nothing written, not even ix.partial
+    idx = build(tmp_path, stream, vocab_size=7, item_length=10)
+    assert idx.context(15, 2, 3).tokens.tolist() == stream[13:18].tolist()
+    for before, after in ((-1, 3), (2, -1)):
+        with pytest.raises(ValueError, match="before and after must be non-negative"):
+            idx.context(15, before, after)
+    with pytest.raises(ValueError, match="threads must be a positive number"):
+        exposure.Index(tmp_path / "ix", threads=0)
+    with pytest.raises(ValueError, match="threads must be a positive number"):
+        idx.threads = 0
+    idx.threads = 1
+    assert idx.threads == 1
+
+
 def test_tokens_outside_vocabulary_at_build(tmp_path):
     with pytest.raises(ValueError, match="outside the vocabulary"):
         build(tmp_path, np.array([1, 2, 9], dtype=np.uint16), vocab_size=5)

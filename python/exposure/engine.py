@@ -71,7 +71,12 @@ def peak_rss_bytes() -> int:
 
 
 def _resolve_threads(threads: int | None) -> int:
-    return max(1, int(threads) if threads else (os.cpu_count() or 1))
+    """``threads``, or every core for None; 0 and negative counts are refused (not read as "all cores")."""
+    if threads is None:
+        return os.cpu_count() or 1
+    if int(threads) < 1:
+        raise ValueError(f"threads must be a positive number (or None for all cores), got {threads}")
+    return int(threads)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -199,6 +204,8 @@ class IndexBuilder:
         self.sep = self.vocab_size
         self.threads = _resolve_threads(threads)
         self.budget = parse_size(memory_budget_bytes)
+        if self.budget <= 0:
+            raise ValueError(f"memory_budget_bytes must be positive, got {memory_budget_bytes!r}")
         self.windows = _windows_arg(windows)
         if max_phrase_tokens < 1:
             raise ValueError("max_phrase_tokens must be at least 1")
@@ -626,6 +633,8 @@ def build_index(
         vocab_size = stream.max_token() + 1 if isinstance(stream, _RawTokens) else int(stream.max()) + 1
     if item_length is not None and item_starts is not None:
         raise ValueError("give item_length or item_starts, not both")
+    if item_length is not None and item_length <= 0:
+        raise ValueError(f"item_length must be positive, got {item_length}")
     n = int(stream.size)
     starts: np.ndarray | None = None
     if item_starts is not None:
@@ -831,7 +840,7 @@ class Index:
 
     @threads.setter
     def threads(self, n: int) -> None:
-        self._core.threads = max(1, int(n))
+        self._core.threads = _resolve_threads(n)
 
     def __repr__(self) -> str:
         return (f"Index({str(self.path)!r}: {self.num_tokens:,} {self.dtype.name} tokens, {self.num_items:,} items, "
@@ -976,6 +985,8 @@ class Index:
         """The tokens around stream offset ``offset``, within its item: stream offsets
         ``[offset - before, offset + after)`` clipped to the item, so ``after`` counts from the occurrence itself
         (its first token included)."""
+        if before < 0 or after < 0:
+            raise ValueError(f"before and after must be non-negative, got {before} and {after}")
         item = self.item_of(offset)
         a, b = self.item_bounds(item)
         start, stop = max(a, offset - before), min(b, offset + after)
