@@ -380,6 +380,37 @@ def test_invalid_build_and_inspection_arguments(tmp_path):
     assert idx.threads == 1
 
 
+def test_a_second_build_of_the_same_output_is_refused(tmp_path):
+    """Another process building the same OUT holds OUT.partial's lock: a second build fails at once, saying so,
+    leaves the first's files alone, and succeeds once the first is done."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ix"
+    script = (
+        "import sys, pathlib, exposure.engine as e\n"
+        "e.acquire_build_lock(sys.argv[1])\n"
+        "(pathlib.Path(sys.argv[1] + '.partial') / 'theirs').write_text('x')\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "e.release_build_lock(sys.argv[1])\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        stream = np.arange(5000, dtype=np.uint16) % 11
+        with pytest.raises(FileExistsError, match="another build is writing to .*ix.partial"):
+            exposure.build_index(stream, out, vocab_size=11, item_length=100, progress=False)
+        assert (tmp_path / "ix.partial" / "theirs").read_text() == "x" and not out.exists()
+    finally:
+        holder.communicate("\n", timeout=30)
+    (tmp_path / "ix.partial" / "theirs").unlink()
+    idx = exposure.build_index(stream, out, vocab_size=11, item_length=100, progress=False)
+    assert idx.count([[3, 4]])[0] == Oracle(stream, np.arange(0, 5000, 100)).count(np.array([3, 4]))
+    assert not (tmp_path / "ix.partial").exists()
+
+
 def test_tokens_outside_vocabulary_at_build(tmp_path):
     with pytest.raises(ValueError, match="outside the vocabulary"):
         build(tmp_path, np.array([1, 2, 9], dtype=np.uint16), vocab_size=5)

@@ -10,13 +10,16 @@ the builder. An occurrence of a phrase never crosses an item boundary.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import fcntl
 import json
 import os
 import re
 import resource
 import shutil
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +80,63 @@ def _resolve_threads(threads: int | None) -> int:
     if int(threads) < 1:
         raise ValueError(f"threads must be a positive number (or None for all cores), got {threads}")
     return int(threads)
+
+
+_HELD: dict[str, list[int]] = {}  # OUT.partial -> [directory fd, holders in this process]
+_HELD_MU = threading.Lock()
+
+
+def _partial_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def acquire_build_lock(out: str | os.PathLike[str]) -> None:
+    """Creates ``OUT.partial`` if need be and takes an exclusive lock on it (``flock``, non-blocking) for the
+    length of a build: a second build of the same ``OUT`` in another process fails at once, saying so, instead
+    of interleaving its files with the first's. Re-entrant within a process (the ingest path holds it while
+    tokenizing, then the builder takes it again). Released by :func:`release_build_lock`."""
+    partial = _partial_dir(Path(out))
+    key = str(partial.resolve())
+    with _HELD_MU:
+        if key in _HELD:
+            _HELD[key][1] += 1
+            return
+        partial.mkdir(parents=True, exist_ok=True)
+        fd = os.open(partial, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FileExistsError(
+                f"another build is writing to {partial}; wait for it to finish, or build into another directory"
+            ) from None
+        _HELD[key] = [fd, 1]
+
+
+def release_build_lock(out: str | os.PathLike[str]) -> None:
+    """Undoes one :func:`acquire_build_lock`; the last one unlocks, and removes ``OUT.partial`` if it is empty (a
+    build refused before writing anything leaves nothing behind)."""
+    partial = _partial_dir(Path(out))
+    with _HELD_MU:
+        key = next((k for k in (str(partial.resolve()), str(Path(out).resolve())) if k in _HELD), None)
+        if key is None:
+            return
+        _HELD[key][1] -= 1
+        if _HELD[key][1] > 0:
+            return
+        fd = _HELD.pop(key)[0]
+        with contextlib.suppress(OSError):  # gone (installed as OUT) or not empty
+            partial.rmdir()
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def build_lock(out: str | os.PathLike[str]) -> Iterator[None]:
+    acquire_build_lock(out)
+    try:
+        yield
+    finally:
+        release_build_lock(out)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -211,9 +271,8 @@ class IndexBuilder:
             raise ValueError("max_phrase_tokens must be at least 1")
         self.overlap = int(max_phrase_tokens) - 1
         self.overwrite = overwrite
-        self.partial = self.out.with_name(self.out.name + ".partial")
+        self.partial = _partial_dir(self.out)
         self._check_target()
-        self.partial.mkdir(parents=True, exist_ok=True)
 
         self.parallel = self.threads
         usable = max(self.budget - _FIXED_OVERHEAD, 1 << 20)
@@ -260,6 +319,8 @@ class IndexBuilder:
         self._added = 0
         self._open_len = 0  # tokens of an item that the next chunk continues
         self._next_start = self.stream_start
+        acquire_build_lock(self.out)  # last: nothing above can fail with the lock held
+        self._locked = True
         self._bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -276,6 +337,12 @@ class IndexBuilder:
         self.close()
 
     def close(self) -> None:
+        self._shutdown()
+        if getattr(self, "_locked", False):
+            self._locked = False
+            release_build_lock(self.out)
+
+    def _shutdown(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -359,47 +426,50 @@ class IndexBuilder:
         for k in range(self.parallel):
             self._wait(k)
         self._finished = True
-        self.close()
-        if not self._shards:
-            raise ValueError("no tokens were added: an index needs a non-empty stream")
-        items = self._items_manifest()
-        total = self._shards[-1]["stream_end"] - self.stream_start
-        stale = sorted(
-            p for p in self.partial.glob("shard-*") if p.name not in {s["dir"] for s in self._shards}
-        )
-        for p in stale:  # shards of an earlier, longer attempt
-            shutil.rmtree(p)
-        files_bytes = sum(f["bytes"] for s in self._shards for f in s["files"].values())
-        if items.get("starts_file"):
-            files_bytes += (self.partial / items["starts_file"]).stat().st_size
-        seconds = time.perf_counter() - self._t0
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "token_dtype": self.dtype.name,
-            "stream_start": self.stream_start,
-            "token_count": total,
-            "vocab_size": self.vocab_size,
-            "separator": self.sep,
-            "items": items,
-            "max_phrase_tokens": self.overlap + 1 if self._cut_inside_item else None,
-            "shards": self._shards,
-            "windows": {name: {"boundaries": [int(x) for x in b]} for name, b in self.windows.items()},
-            "build": {
-                "seconds": round(seconds, 3),
-                "tokens_per_second": round(total / seconds, 1) if seconds > 0 else None,
-                "peak_rss_bytes": peak_rss_bytes(),
-                "bytes_on_disk": files_bytes,
-                "bytes_per_token": round(files_bytes / total, 4),
-                "threads": self.threads,
-                "memory_budget_bytes": self.budget,
-                "shards_reused": self._reused,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-            "metadata": dict(metadata or {}),
-        }
-        write_json_atomic(self.partial / MANIFEST, manifest)
-        self._install()
+        self._shutdown()
+        try:  # the lock is held until the index is in place
+            if not self._shards:
+                raise ValueError("no tokens were added: an index needs a non-empty stream")
+            items = self._items_manifest()
+            total = self._shards[-1]["stream_end"] - self.stream_start
+            stale = sorted(
+                p for p in self.partial.glob("shard-*") if p.name not in {s["dir"] for s in self._shards}
+            )
+            for p in stale:  # shards of an earlier, longer attempt
+                shutil.rmtree(p)
+            files_bytes = sum(f["bytes"] for s in self._shards for f in s["files"].values())
+            if items.get("starts_file"):
+                files_bytes += (self.partial / items["starts_file"]).stat().st_size
+            seconds = time.perf_counter() - self._t0
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "token_dtype": self.dtype.name,
+                "stream_start": self.stream_start,
+                "token_count": total,
+                "vocab_size": self.vocab_size,
+                "separator": self.sep,
+                "items": items,
+                "max_phrase_tokens": self.overlap + 1 if self._cut_inside_item else None,
+                "shards": self._shards,
+                "windows": {name: {"boundaries": [int(x) for x in b]} for name, b in self.windows.items()},
+                "build": {
+                    "seconds": round(seconds, 3),
+                    "tokens_per_second": round(total / seconds, 1) if seconds > 0 else None,
+                    "peak_rss_bytes": peak_rss_bytes(),
+                    "bytes_on_disk": files_bytes,
+                    "bytes_per_token": round(files_bytes / total, 4),
+                    "threads": self.threads,
+                    "memory_budget_bytes": self.budget,
+                    "shards_reused": self._reused,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+                "metadata": dict(metadata or {}),
+            }
+            write_json_atomic(self.partial / MANIFEST, manifest)
+            self._install()
+        finally:
+            self.close()
         return Index(self.out) if self.stream_start == 0 else None
 
     # -- internals ---------------------------------------------------------------------------
@@ -708,49 +778,52 @@ def assemble_index(parts: Sequence[str | os.PathLike[str]], out_dir: str | os.Pa
         expect += m["token_count"]
     lengths = {m["items"].get("length") for _, m in loaded}
     whole = all(m["token_count"] % m["items"]["length"] == 0 for _, m in loaded[:-1]) if None not in lengths else False
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    if len(lengths) == 1 and None not in lengths and whole:
-        items: dict[str, Any] = {"count": sum(m["items"]["count"] for _, m in loaded), "length": lengths.pop()}
-    else:
-        starts = []
-        for path, m in loaded:
-            it = m["items"]
-            if it.get("starts_file"):
-                starts.append(np.load(path / it["starts_file"]))
+    with build_lock(out):  # not while another build writes OUT; what an earlier attempt left is cleared
+        partial = _partial_dir(out)
+        for stale in partial.iterdir():
+            if stale.is_dir():
+                shutil.rmtree(stale)
             else:
-                starts.append(m.get("stream_start", 0) + np.arange(it["count"], dtype=np.int64) * it["length"])
-        np.save(partial / "items.npy", np.concatenate(starts))
-        items = {"count": int(sum(s.size for s in starts)), "starts_file": "items.npy"}
-    shards = []
-    for path, m in loaded:
-        for rec in m["shards"]:
-            name = f"shard-{len(shards):05d}"
-            os.replace(path / rec["dir"], partial / name)
-            shards.append({**rec, "dir": name})
-    cuts = [m["max_phrase_tokens"] for _, m in loaded if m.get("max_phrase_tokens")]
-    manifest = {
-        **{k: first[k] for k in ("format", "format_version", "token_dtype", "vocab_size", "separator", "windows")},
-        "stream_start": 0,
-        "token_count": expect,
-        "items": items,
-        "max_phrase_tokens": min(cuts) if cuts else None,
-        "shards": shards,
-        "build": {
-            "assembled_from": [str(p) for p, _ in loaded],
-            "seconds": round(sum(m["build"]["seconds"] for _, m in loaded), 3),
-            "peak_rss_bytes": max(m["build"]["peak_rss_bytes"] for _, m in loaded),
-            "bytes_on_disk": sum(f["bytes"] for s in shards for f in s["files"].values()),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-        "metadata": first.get("metadata", {}),
-    }
-    manifest["build"]["bytes_per_token"] = round(manifest["build"]["bytes_on_disk"] / max(expect, 1), 4)
-    write_json_atomic(partial / MANIFEST, manifest)
-    os.replace(partial, out)
-    _fsync_dir(out.parent)
+                stale.unlink()
+        if len(lengths) == 1 and None not in lengths and whole:
+            items: dict[str, Any] = {"count": sum(m["items"]["count"] for _, m in loaded), "length": lengths.pop()}
+        else:
+            starts = []
+            for path, m in loaded:
+                it = m["items"]
+                if it.get("starts_file"):
+                    starts.append(np.load(path / it["starts_file"]))
+                else:
+                    starts.append(m.get("stream_start", 0) + np.arange(it["count"], dtype=np.int64) * it["length"])
+            np.save(partial / "items.npy", np.concatenate(starts))
+            items = {"count": int(sum(s.size for s in starts)), "starts_file": "items.npy"}
+        shards = []
+        for path, m in loaded:
+            for rec in m["shards"]:
+                name = f"shard-{len(shards):05d}"
+                os.replace(path / rec["dir"], partial / name)
+                shards.append({**rec, "dir": name})
+        cuts = [m["max_phrase_tokens"] for _, m in loaded if m.get("max_phrase_tokens")]
+        manifest = {
+            **{k: first[k] for k in ("format", "format_version", "token_dtype", "vocab_size", "separator", "windows")},
+            "stream_start": 0,
+            "token_count": expect,
+            "items": items,
+            "max_phrase_tokens": min(cuts) if cuts else None,
+            "shards": shards,
+            "build": {
+                "assembled_from": [str(p) for p, _ in loaded],
+                "seconds": round(sum(m["build"]["seconds"] for _, m in loaded), 3),
+                "peak_rss_bytes": max(m["build"]["peak_rss_bytes"] for _, m in loaded),
+                "bytes_on_disk": sum(f["bytes"] for s in shards for f in s["files"].values()),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+            "metadata": first.get("metadata", {}),
+        }
+        manifest["build"]["bytes_per_token"] = round(manifest["build"]["bytes_on_disk"] / max(expect, 1), 4)
+        write_json_atomic(partial / MANIFEST, manifest)
+        os.replace(partial, out)
+        _fsync_dir(out.parent)
     return Index(out)
 
 

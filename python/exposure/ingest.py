@@ -211,7 +211,7 @@ def build(
     ``text``: custom). For ``pythia`` and ``text`` the schedule's ``epoch_items`` is the number of items,
     so a run longer than the data is modelled as passing over it again in the same order.
     """
-    from exposure.engine import IndexBuilder
+    from exposure.engine import IndexBuilder, build_lock
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -219,175 +219,176 @@ def build(
         raise ValueError("no sources given")
     out_path = Path(out)
     _prepare_out(out_path, overwrite)
-    if threads:
-        os.environ.setdefault("RAYON_NUM_THREADS", str(int(threads)))
-    tok = _resolve_tokenizer(tokenizer)
-    sched_spec = schedule
-    if isinstance(sched_spec, str) and sched_spec.lower() == "none":
-        sched_spec = "none"
-    elif isinstance(sched_spec, str) and sched_spec.lower() == "custom":
-        sched_spec = "custom"
-    else:
-        sched_spec = resolve_schedule(sched_spec)  # type: ignore[arg-type]
-    if items_per_step is not None or checkpoints is not None:
-        if sched_spec is None:
+    with build_lock(out_path):  # one build of OUT at a time (the tokenized-text cache included)
+        if threads:
+            os.environ.setdefault("RAYON_NUM_THREADS", str(int(threads)))
+        tok = _resolve_tokenizer(tokenizer)
+        sched_spec = schedule
+        if isinstance(sched_spec, str) and sched_spec.lower() == "none":
+            sched_spec = "none"
+        elif isinstance(sched_spec, str) and sched_spec.lower() == "custom":
             sched_spec = "custom"
-        elif sched_spec != "custom":
-            raise ValueError("--items-per-step / --checkpoints describe a custom schedule; use them with --schedule custom")
-    if sched_spec == "custom" or (sched_spec is None and fmt == "text"):  # before any (long) tokenization
-        _require_items_per_step(items_per_step, "the text corpus" if fmt == "text" else f"the {fmt} data")
+        else:
+            sched_spec = resolve_schedule(sched_spec)  # type: ignore[arg-type]
+        if items_per_step is not None or checkpoints is not None:
+            if sched_spec is None:
+                sched_spec = "custom"
+            elif sched_spec != "custom":
+                raise ValueError("--items-per-step / --checkpoints describe a custom schedule; use them with --schedule custom")
+        if sched_spec == "custom" or (sched_spec is None and fmt == "text"):  # before any (long) tokenization
+            _require_items_per_step(items_per_step, "the text corpus" if fmt == "text" else f"the {fmt} data")
 
-    cache_dir: Path | None = None
-    build_info: dict[str, Any] = {"format": fmt}
-    reserve = 1 if drop_repetitive else 0
+        cache_dir: Path | None = None
+        build_info: dict[str, Any] = {"format": fmt}
+        reserve = 1 if drop_repetitive else 0
 
-    if fmt == "pythia":
-        from exposure.readers.pythia import PythiaReader
+        if fmt == "pythia":
+            from exposure.readers.pythia import PythiaReader
 
-        reader: Any = PythiaReader(sources)
-        data_len = reader.item_length
-        if sched_spec is None:
-            sched_spec = Schedule.preset("pythia")
-        dtype = reader.dtype
-        source_paths = reader.source_files
-    elif fmt == "olmo":
-        from exposure.readers.olmo import OlmoReader, config_data_paths, localize
+            reader: Any = PythiaReader(sources)
+            data_len = reader.item_length
+            if sched_spec is None:
+                sched_spec = Schedule.preset("pythia")
+            dtype = reader.dtype
+            source_paths = reader.source_files
+        elif fmt == "olmo":
+            from exposure.readers.olmo import OlmoReader, config_data_paths, localize
 
-        settings: dict[str, Any] = {}
-        token_files: list[Path] = []
-        for s in sources:
-            p = Path(s)
-            if p.suffix in (".yaml", ".yml", ".txt"):
-                listed, settings_here = config_data_paths(p)
-                settings.update(settings_here)
-                token_files.extend(localize(x, data_root, relative_to=p.parent) for x in listed)
-                build_info["config"] = str(p.resolve())
-            else:
-                token_files.append(p)
-        preset = sched_spec if isinstance(sched_spec, Schedule) else None
-        L = item_length or (preset.item_length if preset else None) or settings.get("sequence_length")
-        if L is None:
-            raise ValueError("OLMo data: give --schedule (olmo-1b, olmo-7b, olmo2-1b, olmo2-7b), a config with "
-                             "model.max_sequence_length, or --item-length")
-        if settings.get("sequence_length") and settings["sequence_length"] != L:
-            raise ValueError(f"the config's sequence length {settings['sequence_length']} differs from {L}")
-        dt = token_dtype or settings.get("dtype") or (
-            "uint32" if preset is not None and preset.name.startswith("olmo2") else "uint16")
-        filler = None
-        if drop_repetitive:
-            filler = _default_vocab(np.dtype(dt), tok, vocab_size, reserve)
-        reader = OlmoReader(token_files, L, dt, global_indices, drop_repetitive=drop_repetitive, filler_id=filler,
-                            progress=progress)
-        data_len = L
-        dtype = reader.dtype
-        if sched_spec is None:
-            if settings.get("batch_size") is None:
-                raise ValueError("OLMo data: give --schedule (olmo-1b, olmo-7b, olmo2-1b, olmo2-7b) or "
-                                 "--schedule custom --items-per-step B, or a config with global_train_batch_size")
-            B = int(settings["batch_size"])
-            steps = math.ceil(reader.num_items / B)
-            sched_spec = Schedule("olmo-config", L, B, every_checkpoints(1000, steps), total_steps=steps)
-        source_paths = reader.source_files
-    else:
-        from exposure.readers.text import PackedTextReader, text_sources
+            settings: dict[str, Any] = {}
+            token_files: list[Path] = []
+            for s in sources:
+                p = Path(s)
+                if p.suffix in (".yaml", ".yml", ".txt"):
+                    listed, settings_here = config_data_paths(p)
+                    settings.update(settings_here)
+                    token_files.extend(localize(x, data_root, relative_to=p.parent) for x in listed)
+                    build_info["config"] = str(p.resolve())
+                else:
+                    token_files.append(p)
+            preset = sched_spec if isinstance(sched_spec, Schedule) else None
+            L = item_length or (preset.item_length if preset else None) or settings.get("sequence_length")
+            if L is None:
+                raise ValueError("OLMo data: give --schedule (olmo-1b, olmo-7b, olmo2-1b, olmo2-7b), a config with "
+                                 "model.max_sequence_length, or --item-length")
+            if settings.get("sequence_length") and settings["sequence_length"] != L:
+                raise ValueError(f"the config's sequence length {settings['sequence_length']} differs from {L}")
+            dt = token_dtype or settings.get("dtype") or (
+                "uint32" if preset is not None and preset.name.startswith("olmo2") else "uint16")
+            filler = None
+            if drop_repetitive:
+                filler = _default_vocab(np.dtype(dt), tok, vocab_size, reserve)
+            reader = OlmoReader(token_files, L, dt, global_indices, drop_repetitive=drop_repetitive, filler_id=filler,
+                                progress=progress)
+            data_len = L
+            dtype = reader.dtype
+            if sched_spec is None:
+                if settings.get("batch_size") is None:
+                    raise ValueError("OLMo data: give --schedule (olmo-1b, olmo-7b, olmo2-1b, olmo2-7b) or "
+                                     "--schedule custom --items-per-step B, or a config with global_train_batch_size")
+                B = int(settings["batch_size"])
+                steps = math.ceil(reader.num_items / B)
+                sched_spec = Schedule("olmo-config", L, B, every_checkpoints(1000, steps), total_steps=steps)
+            source_paths = reader.source_files
+        else:
+            from exposure.readers.text import PackedTextReader, text_sources
 
-        if tok is None:
-            raise ValueError("text corpora need --tokenizer (a tokenizer.json)")
-        paths = text_sources(sources)
-        preset = sched_spec if isinstance(sched_spec, Schedule) else None
-        data_len = item_length or (preset.item_length if preset else DEFAULT_ITEM_LENGTH)
-        dtype = None
-        source_paths = paths
+            if tok is None:
+                raise ValueError("text corpora need --tokenizer (a tokenizer.json)")
+            paths = text_sources(sources)
+            preset = sched_spec if isinstance(sched_spec, Schedule) else None
+            data_len = item_length or (preset.item_length if preset else DEFAULT_ITEM_LENGTH)
+            dtype = None
+            source_paths = paths
 
-    _check_item_length(sched_spec if isinstance(sched_spec, Schedule) else None, data_len, f"the {fmt} data")
-    if fmt == "pythia" and data_len is None and isinstance(sched_spec, Schedule):
-        raise ValueError("the .idx items differ in length, so no step schedule applies; pass --schedule none")
+        _check_item_length(sched_spec if isinstance(sched_spec, Schedule) else None, data_len, f"the {fmt} data")
+        if fmt == "pythia" and data_len is None and isinstance(sched_spec, Schedule):
+            raise ValueError("the .idx items differ in length, so no step schedule applies; pass --schedule none")
 
-    records = hash_sources(source_paths, threads=threads, hash_files=hash_files, progress=progress)
+        records = hash_sources(source_paths, threads=threads, hash_files=hash_files, progress=progress)
 
-    if fmt == "text":
-        corpus, cache_dir = _tokenized_text(out_path, paths, records, tok, text_unit, text_field, progress)  # type: ignore[arg-type]
-        reader = PackedTextReader(corpus, int(data_len), seed, sources=paths)  # type: ignore[arg-type]
-        if reader.num_items == 0:
+        if fmt == "text":
+            corpus, cache_dir = _tokenized_text(out_path, paths, records, tok, text_unit, text_field, progress)  # type: ignore[arg-type]
+            reader = PackedTextReader(corpus, int(data_len), seed, sources=paths)  # type: ignore[arg-type]
+            if reader.num_items == 0:
+                if cache_dir is not None:
+                    shutil.rmtree(cache_dir, ignore_errors=True)
+                raise CorpusError(
+                    f"the text holds {reader.total_doc_tokens} tokens, fewer than one item of {data_len}; use a smaller --item-length"
+                )
+            dtype = reader.dtype
+            build_info.update(text_unit=text_unit, text_field=text_field, seed=seed, eos_id=tok.eos_id)  # type: ignore[union-attr]
+
+        if sched_spec == "custom":
+            sched_spec = _custom_schedule(int(data_len), reader.num_items, items_per_step, checkpoints, f"the {fmt} data")
+        elif sched_spec is None and fmt == "text":
+            sched_spec = _custom_schedule(int(data_len), reader.num_items, items_per_step, checkpoints, "the text corpus")
+        sched: Schedule | None = None if sched_spec == "none" else sched_spec  # type: ignore[assignment]
+        if sched is not None and fmt in ("pythia", "text") and sched.epoch_items is None:
+            sched = sched.with_epoch(reader.num_items)
+
+        vocab = _default_vocab(dtype, tok, vocab_size, reserve)
+        if tok is not None and vocab_size is not None and vocab_size < tok.vocab_size:
+            raise ValueError(f"--vocab-size {vocab_size} is smaller than the tokenizer's {tok.vocab_size} ids")
+        builder_vocab = vocab + reserve  # the filler id of dropped OLMo instances is `vocab`
+        if np.dtype(dtype) == np.dtype(np.uint16) and builder_vocab > np.iinfo(np.uint16).max:
+            dtype = np.uint32  # the separator id (= builder_vocab) must fit the index's token type
+        windows = sched.window_structures(reader.num_tokens) if sched is not None else {}
+
+        metadata: dict[str, Any] = {
+            "format": fmt,
+            "tokenizer": tok.to_metadata() if tok is not None else None,
+            "schedule": sched.to_dict() if sched is not None else None,
+            "sources": [r.to_dict() for r in records],
+            "reader": None,
+            "build": {
+                **build_info,
+                "item_length": data_len,
+                "vocab_size": vocab,
+                "filler_id": vocab if drop_repetitive else None,
+                "exposure_version": _version(),
+            },
+        }
+
+        try:
+            with IndexBuilder(
+                out_path,
+                dtype=dtype,
+                vocab_size=builder_vocab,
+                memory_budget_bytes=memory_budget_bytes,
+                threads=threads,
+                windows=windows,
+                # (tiny streams go without a total: the engine's shard balancing needs >= 1024 tokens per shard)
+                total_tokens=reader.num_tokens if reader.num_tokens >= 4096 else None,
+                overwrite=overwrite,
+                progress=progress,
+                shard_tokens=shard_tokens,
+            ) as builder:
+                if tok is not None:
+                    _copy_atomic(tok.path, builder.partial / TOKENIZER_FILE)
+                fed = 0
+                for chunk in reader.chunks(chunk_tokens):
+                    if chunk.item_length is not None:
+                        builder.add(chunk.tokens, item_length=chunk.item_length)
+                    else:
+                        builder.add(chunk.tokens, item_lengths=chunk.item_lengths)
+                    fed += len(chunk.tokens)
+                if fed != reader.num_tokens:
+                    raise CorpusError(f"read {fed} tokens but expected {reader.num_tokens} (did a source change during the build?)")
+                metadata["reader"] = reader.describe()
+                index = builder.finish(metadata)
+        except (CorpusError, ValueError):
+            # bad data or settings: a re-run would fail the same way, so leave nothing behind
+            shutil.rmtree(out_path.with_name(out_path.name + ".partial"), ignore_errors=True)
             if cache_dir is not None:
                 shutil.rmtree(cache_dir, ignore_errors=True)
-            raise CorpusError(
-                f"the text holds {reader.total_doc_tokens} tokens, fewer than one item of {data_len}; use a smaller --item-length"
-            )
-        dtype = reader.dtype
-        build_info.update(text_unit=text_unit, text_field=text_field, seed=seed, eos_id=tok.eos_id)  # type: ignore[union-attr]
-
-    if sched_spec == "custom":
-        sched_spec = _custom_schedule(int(data_len), reader.num_items, items_per_step, checkpoints, f"the {fmt} data")
-    elif sched_spec is None and fmt == "text":
-        sched_spec = _custom_schedule(int(data_len), reader.num_items, items_per_step, checkpoints, "the text corpus")
-    sched: Schedule | None = None if sched_spec == "none" else sched_spec  # type: ignore[assignment]
-    if sched is not None and fmt in ("pythia", "text") and sched.epoch_items is None:
-        sched = sched.with_epoch(reader.num_items)
-
-    vocab = _default_vocab(dtype, tok, vocab_size, reserve)
-    if tok is not None and vocab_size is not None and vocab_size < tok.vocab_size:
-        raise ValueError(f"--vocab-size {vocab_size} is smaller than the tokenizer's {tok.vocab_size} ids")
-    builder_vocab = vocab + reserve  # the filler id of dropped OLMo instances is `vocab`
-    if np.dtype(dtype) == np.dtype(np.uint16) and builder_vocab > np.iinfo(np.uint16).max:
-        dtype = np.uint32  # the separator id (= builder_vocab) must fit the index's token type
-    windows = sched.window_structures(reader.num_tokens) if sched is not None else {}
-
-    metadata: dict[str, Any] = {
-        "format": fmt,
-        "tokenizer": tok.to_metadata() if tok is not None else None,
-        "schedule": sched.to_dict() if sched is not None else None,
-        "sources": [r.to_dict() for r in records],
-        "reader": None,
-        "build": {
-            **build_info,
-            "item_length": data_len,
-            "vocab_size": vocab,
-            "filler_id": vocab if drop_repetitive else None,
-            "exposure_version": _version(),
-        },
-    }
-
-    try:
-        with IndexBuilder(
-            out_path,
-            dtype=dtype,
-            vocab_size=builder_vocab,
-            memory_budget_bytes=memory_budget_bytes,
-            threads=threads,
-            windows=windows,
-            # (tiny streams go without a total: the engine's shard balancing needs >= 1024 tokens per shard)
-            total_tokens=reader.num_tokens if reader.num_tokens >= 4096 else None,
-            overwrite=overwrite,
-            progress=progress,
-            shard_tokens=shard_tokens,
-        ) as builder:
-            if tok is not None:
-                _copy_atomic(tok.path, builder.partial / TOKENIZER_FILE)
-            fed = 0
-            for chunk in reader.chunks(chunk_tokens):
-                if chunk.item_length is not None:
-                    builder.add(chunk.tokens, item_length=chunk.item_length)
-                else:
-                    builder.add(chunk.tokens, item_lengths=chunk.item_lengths)
-                fed += len(chunk.tokens)
-            if fed != reader.num_tokens:
-                raise CorpusError(f"read {fed} tokens but expected {reader.num_tokens} (did a source change during the build?)")
-            metadata["reader"] = reader.describe()
-            index = builder.finish(metadata)
-    except (CorpusError, ValueError):
-        # bad data or settings: a re-run would fail the same way, so leave nothing behind
-        shutil.rmtree(out_path.with_name(out_path.name + ".partial"), ignore_errors=True)
+            raise
+        finally:
+            close = getattr(reader, "close", None)
+            if close is not None:
+                close()
         if cache_dir is not None:
             shutil.rmtree(cache_dir, ignore_errors=True)
-        raise
-    finally:
-        close = getattr(reader, "close", None)
-        if close is not None:
-            close()
-    if cache_dir is not None:
-        shutil.rmtree(cache_dir, ignore_errors=True)
-    return index
+        return index
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
