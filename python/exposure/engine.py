@@ -117,16 +117,17 @@ def release_build_lock(out: str | os.PathLike[str]) -> None:
     """Undoes one :func:`acquire_build_lock`; the last one unlocks, and removes ``OUT.partial`` if it is empty (a
     build refused before writing anything leaves nothing behind)."""
     partial = _partial_dir(Path(out))
+    key = str(partial.resolve())
     with _HELD_MU:
-        key = next((k for k in (str(partial.resolve()), str(Path(out).resolve())) if k in _HELD), None)
-        if key is None:
+        if key not in _HELD:
             return
         _HELD[key][1] -= 1
         if _HELD[key][1] > 0:
             return
         fd = _HELD.pop(key)[0]
-        with contextlib.suppress(OSError):  # gone (installed as OUT) or not empty
-            partial.rmdir()
+        with contextlib.suppress(OSError):  # gone (installed as OUT), not empty, or another build's by now
+            if os.stat(partial).st_ino == os.fstat(fd).st_ino:
+                partial.rmdir()
         os.close(fd)
 
 
