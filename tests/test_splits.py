@@ -228,13 +228,23 @@ def test_cli_phrases_then_splits(world, capsys) -> None:
     rc = main(["phrases", "--blimp", str(world["blimp"]), "--index", str(root / "index"),
                "--paradigms", "determiner_noun_agreement_1", "--out", str(root / "p2.parquet"), "--quiet"])
     assert rc == 0 and pq.read_table(root / "p2.parquet").num_rows == 1
-    # a preset schedule instead of the index's own: Pythia's steps are far larger, everything is step 0
+    # a preset schedule whose items are not the index's (Pythia: 2049 tokens, here 32) is refused: its steps
+    # would be wrong (it used to put everything at step 0)
     rc = main(["splits", "--phrases", str(out_p), "--index", str(root / "index"), "--schedule", "pythia",
                "--out", str(root / "s2.parquet"), "--quiet"])
+    assert rc == 2 and not (root / "s2.parquet").exists()
+    assert f"schedule 'pythia' has items of 2049 tokens but the index {root / 'index'} has items of {ITEM}" in (
+        capsys.readouterr().err)
+    # another schedule over the same items: twice the items per step halves every step
+    other = Schedule("double", ITEM, 2 * PER_STEP, (0, 1, 2, 4, 8), total_steps=8)
+    (root / "double.json").write_text(json.dumps(other.to_dict()))
+    rc = main(["splits", "--phrases", str(out_p), "--index", str(root / "index"), "--schedule",
+               str(root / "double.json"), "--out", str(root / "s2.parquet"), "--quiet"])
     assert rc == 0
-    t2 = pq.read_table(root / "s2.parquet")
-    assert len(checkpoints_of(t2)) == 154
-    assert sorted(t2.column("first_step_good").to_pylist()) == [-1, 0, 0, 0, 0]
+    t1, t2 = pq.read_table(out_s).to_pylist(), pq.read_table(root / "s2.parquet").to_pylist()
+    assert checkpoints_of(pq.read_table(root / "s2.parquet")) == (0, 1, 2, 4, 8)
+    assert [r["first_step_good"] // 2 if r["first_step_good"] >= 0 else -1 for r in t1] == [
+        r["first_step_good"] for r in t2]
 
 
 def test_cli_user_errors(world, capsys) -> None:

@@ -279,6 +279,19 @@ class Schedule:
         return np.where(ok, self._ckpt[np.clip(k, 0, len(self.checkpoints) - 1)], -1)
 
     # ------------------------------------------------------------------ queries through the engine
+    def check_index(self, index: Any) -> None:
+        """Refuses an index whose items are not this schedule's training sequences: steps are counted in tokens
+        (``item_length`` × ``items_per_step`` per step), so items of another length would put every occurrence
+        at the wrong step."""
+        items = (getattr(index, "manifest", None) or {}).get("items") or {}
+        length = items.get("length")
+        if length is not None and int(length) != self.item_length:
+            raise ValueError(
+                f"schedule {self.name!r} has items of {self.item_length} tokens but the index "
+                f"{getattr(index, 'path', '')} has items of {length}: its steps would be wrong; use the schedule "
+                "the index was built with (from-index) or one with the index's item length"
+            )
+
     def first_step(self, index: _Index, phrases: Sequence[Sequence[int]]) -> np.ndarray:
         """First-pass step at which each phrase was first trained on; -1 when never in the run."""
         pos = np.asarray(index.first_position(phrases), dtype=np.int64)

@@ -195,6 +195,7 @@ def make_splits(phrases: pa.Table, index: _Index, schedule: Schedule, index_path
     """
     check_phrase_table(phrases)
     check_tokenizer(phrases, index)
+    schedule.check_index(index)
     n = phrases.num_rows
     (cg, fg, eg), (cb, fb, eb) = exposure_of(
         index, schedule, [row_queries(phrases, "query_good"), row_queries(phrases, "query_bad")], n
