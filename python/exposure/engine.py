@@ -339,7 +339,7 @@ class IndexBuilder:
 
     def close(self) -> None:
         self._shutdown()
-        if getattr(self, "_locked", False):
+        if self._locked:
             self._locked = False
             release_build_lock(self.out)
 

@@ -241,10 +241,11 @@ def load_results(out_dir: str | Path) -> EvalResults:
     run = read_run_json(path)
     finished = tuple(sorted(int(s) for s in run.get("finished_checkpoints", [])))
     for step in finished:
-        missing = [str(p) for p in step_paths(path, step).values() if not p.is_file()]
+        paths = step_paths(path, step).values()
+        missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise EvalError(f"{path}: checkpoint {step} is marked finished but {', '.join(missing)} is missing")
-        damaged = [str(p) for p in step_paths(path, step).values() if not _readable(p)]
+        damaged = [str(p) for p in paths if not _readable(p)]
         if damaged:
             raise EvalError(
                 f"{path}: checkpoint {step} is marked finished but {', '.join(damaged)} is truncated or unreadable; "
