@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from exposure.cli import build_parser
+from exposure.cli import build_parser, parse_args
 from exposure.demo import DemoConfig
 
 
@@ -33,6 +33,23 @@ def test_non_positive_counts_are_refused(argv: list[str], capsys: pytest.Capture
 def test_positive_counts_are_accepted() -> None:
     args = build_parser().parse_args(["query", "idx", "these dogs", "--windows", "3"])
     assert args.windows == 3
+
+
+def test_options_may_stand_between_words() -> None:
+    # argparse alone gives a command's word list only the words before the first option and rejects the rest
+    # ("unrecognized arguments: of the"): `exposure query IDX --json "of the"` failed.
+    args = parse_args(build_parser(), ["query", "idx", "--json", "of the", "--windows", "2", "these dogs"])
+    assert (args.command, args.index, args.phrases, args.json, args.windows) == (
+        "query", "idx", ["of the", "these dogs"], True, 2)
+    args = parse_args(build_parser(), ["build", "a.txt", "--format", "text", "b.txt", "--out", "o"])
+    assert (args.command, args.sources, args.fmt, args.out) == ("build", ["a.txt", "b.txt"], "text", "o")
+
+
+def test_a_command_line_without_a_known_command_gets_argparse_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_args(build_parser(), ["nope", "idx"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("field", ["pairs_per_paradigm", "eval_every", "items_per_step", "item_length"])

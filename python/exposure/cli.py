@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="When did a language model see a phrase in pre-training, and what did it do to it?",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.set_defaults(commands=sub.choices)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         register = getattr(module, "register", None)
@@ -41,9 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line whose options may stand between positional words.
+
+    ``exposure query IDX --json "of the"``: argparse gives a command's list of words (``PHRASE ...``)
+    only the words before the first option, and rejects the rest, unless it parses intermixed,
+    which it cannot do through sub-commands. So the command's own parser reads the words after it.
+    """
+    words = list(sys.argv[1:] if argv is None else argv)
+    commands = parser.get_default("commands")
+    if words and words[0] in commands:
+        args = commands[words[0]].parse_intermixed_args(words[1:])
+        args.command = words[0]
+        return args
+    return parser.parse_args(words)  # help, no command or an unknown one: argparse's own messages
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
