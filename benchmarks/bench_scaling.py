@@ -12,10 +12,12 @@ understates the growth; ``benchmarks/random_reads.cpp`` measures the same reads 
 
 ``--peers tokengrams,infini-gram`` builds the same streams with the peers too (their own interpreter,
 ``--peer-python``, as in bench_engine.py), interleaved with ours, so that their ratio on this machine, in
-the same run, says how much of a ratio above 3 the machine charges any suffix-array builder.
+the same run, says how much of a ratio above 3 the machine charges any suffix-array builder. ``divsufsort``
+(pydivsufsort) is a suffix sort only, by another algorithm than SA-IS, on the same parts the builder's shards
+are (as many at a time as it has threads): compare it with the "sort only" row of ours.
 
     PYTHONPATH=python:benchmarks .venv/bin/python benchmarks/bench_scaling.py --sizes 100000000 300000000 \
-        --peers tokengrams,infini-gram --peer-python /tmp/peers/bin/python
+        --peers tokengrams,infini-gram,divsufsort --peer-python /tmp/peers/bin/python
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 from bench_engine import ITEM, PEERS_PY, _read_result, peer_env, run_child
 from corpus import realistic_stream
 
-PEER_BUILDS = {"tokengrams": "tokengrams-build", "infini-gram": "infinigram-build"}
+PEER_BUILDS = {"tokengrams": "tokengrams-build", "infini-gram": "infinigram-build", "divsufsort": "divsufsort-sort"}
 
 CHILD = """
 import json, sys, time, numpy as np, exposure
@@ -65,13 +67,14 @@ def random_read_ns(array_bytes: int, reads: int = 1 << 24, repeats: int = 5) -> 
     return best / reads * 1e9
 
 
-def build_peer(name: str, stream: Path, work: Path, args) -> float:
-    """Seconds of one build of ``stream`` by the peer ``name`` (peers.py in the peers' interpreter)."""
+def build_peer(name: str, stream: Path, work: Path, args, shards: int) -> float:
+    """Seconds of one build of ``stream`` by the peer ``name`` (peers.py in the peers' interpreter); divsufsort
+    sorts as many parts as our build of the stream had ``shards``, ``--threads`` at a time."""
     out, result = work / f"peer-{name}", work / f"peer-{name}.json"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [args.peer_python, str(PEERS_PY), PEER_BUILDS[name], "--tokens", str(stream), "--out-dir", str(out),
-           "--threads", str(args.threads), "--mem-gib", str(args.peer_mem_gib), "--item-length", str(ITEM),
-           "--result", str(result)]
+           "--threads", str(args.threads), "--parts", str(shards), "--mem-gib", str(args.peer_mem_gib),
+           "--item-length", str(ITEM), "--result", str(result)]
     res = _read_result(result, run_child(cmd, args.peer_timeout, work / f"peer-{name}.log", peer_env(args.threads)))
     shutil.rmtree(out, ignore_errors=True)
     if not res.get("ok"):
@@ -88,7 +91,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="builds per size, alternating sizes (fastest kept)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
-    ap.add_argument("--peers", default="", help="comma-separated peers to build too: tokengrams, infini-gram")
+    ap.add_argument("--peers", default="",
+                    help="comma-separated peers to build too: tokengrams, infini-gram, divsufsort (a sort only)")
     ap.add_argument("--peer-python", default="/tmp/peers/bin/python", help="interpreter with the peers installed")
     ap.add_argument("--peer-mem-gib", type=int, default=8, help="infini-gram's --mem (GiB)")
     ap.add_argument("--peer-timeout", type=float, default=3600.0, help="seconds per peer build at most")
@@ -124,10 +128,11 @@ def main() -> None:
                 shutil.rmtree(out)
                 for p in peers:
                     print(f"[scaling] {p}: building {n:,} tokens ({rep + 1}/{args.repeats})", file=sys.stderr)
-                    peer_runs[p][n].append(build_peer(p, streams[n], work, args))
+                    peer_runs[p][n].append(build_peer(p, streams[n], work, args, r["shards"]))
         for n in args.sizes:
             best = min(runs[n], key=lambda r: r["seconds"])
             results.append({**best, "all_seconds": [r["seconds"] for r in runs[n]],
+                            "all_sort_seconds": [r["sort_seconds"] for r in runs[n]],
                             "best_sort_seconds": min(r["sort_seconds"] for r in runs[n])})
             streams[n].unlink()
         for r in results:
@@ -152,10 +157,13 @@ def main() -> None:
     if peer_results:
         print("\nbuild time ratio to the first size, same streams, same run (fastest builds; medians):")
         rows = {"exposure": [{"tokens": r["tokens"], "seconds": r["seconds"], "all_seconds": r["all_seconds"]}
-                             for r in results], **peer_results}
+                             for r in results],
+                "  sort only": [{"tokens": r["tokens"], "seconds": r["best_sort_seconds"],
+                                 "all_seconds": r["all_sort_seconds"]} for r in results],
+                **{p if p != "divsufsort" else "divsufsort (sort only)": rs for p, rs in peer_results.items()}}
         for name, rs in rows.items():
             med0 = float(np.median(rs[0]["all_seconds"]))
-            print(f"  {name:<12} " + "; ".join(
+            print(f"  {name:<24} " + "; ".join(
                 f"{r['tokens']:,}: {r['seconds']:.2f} s, {r['seconds'] / rs[0]['seconds']:.2f}x "
                 f"({float(np.median(r['all_seconds'])) / med0:.2f}x)" for r in rs))
     if args.out:

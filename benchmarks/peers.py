@@ -7,6 +7,11 @@ step per process so that a build's peak RSS is its own process tree's:
     python peers.py tokengrams-query  --tokens T.u16 --out-dir D --phrases P.npz --result R.json
     python peers.py infinigram-build  --tokens T.u16 --out-dir D --threads 2 --mem-gib 8 --item-length 2049 --result R.json
     python peers.py infinigram-query  --out-dir D --phrases P.npz --item-length 2049 --result R.json
+    python peers.py divsufsort-sort   --tokens T.u16 --out-dir D --threads 2 --parts 2 --result R.json
+
+``divsufsort-sort`` is not an index build: it only sorts suffixes, with libdivsufsort (pydivsufsort), a
+different suffix-sorting algorithm than SA-IS, for bench_scaling.py's question of how much the machine charges
+any suffix sort as the text grows.
 
 Only numpy and the peer packages are imported (not ``exposure``). Every step writes a JSON result
 (``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``); count arrays are written next to it as
@@ -381,6 +386,41 @@ def infinigram_query(a) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
+# libdivsufsort (pydivsufsort): the suffix sort alone
+
+
+def _divsufsort_part(path: str, start: int, stop: int) -> float:
+    from pydivsufsort import divsufsort
+
+    # Big-endian bytes sort as the 16-bit tokens do (pydivsufsort's own convention for wider ids), so each
+    # token is two byte suffixes: twice the suffixes of a token sort, at the same bytes of text.
+    text = np.ascontiguousarray(np.fromfile(path, dtype="<u2", count=stop - start, offset=2 * start).astype(">u2"))
+    t = time.perf_counter()
+    divsufsort(text.view(np.uint8))
+    return time.perf_counter() - t
+
+
+def divsufsort_sort(a) -> dict:
+    """Cut the stream into ``parts`` equal parts in order, as the exposure builder cuts its shards, and sort each
+    part's suffixes in a process of its own, ``threads`` at a time. The time is the slowest part's when all
+    run side by side (process start-up left out, as the builder's own sort time leaves it out), else the
+    wall time of all the sorts."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    n = os.path.getsize(a.tokens) // 2
+    parts = a.parts or a.threads
+    cuts = [n * k // parts for k in range(parts + 1)]
+    Path(a.out_dir).mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(min(a.threads, parts)) as pool:
+        t = time.perf_counter()
+        seconds = list(pool.map(_divsufsort_part, [a.tokens] * parts, cuts[:-1], cuts[1:]))
+        wall = time.perf_counter() - t
+    return {"ok": True, "seconds": round(max(seconds) if parts <= a.threads else wall, 3), "part_seconds": [round(x, 3) for x in seconds],
+            "tokens": n, "parts": parts, "version": _version("pydivsufsort"),
+            "note": "suffix sort only (no index): big-endian bytes of each part, 2 byte suffixes per token"}
+
+
+# ------------------------------------------------------------------------------------------
 
 
 def _version(dist: str) -> str | None:
@@ -397,6 +437,7 @@ STEPS = {
     "tokengrams-query": tokengrams_query,
     "infinigram-build": infinigram_build,
     "infinigram-query": infinigram_query,
+    "divsufsort-sort": divsufsort_sort,
 }
 
 
@@ -408,6 +449,7 @@ def main(argv=None) -> int:
     ap.add_argument("--phrases", help="phrase file (.npz) for the query steps")
     ap.add_argument("--result", required=True, help="JSON result file")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parts", type=int, default=0, help="divsufsort-sort: parts to sort (default: --threads)")
     ap.add_argument("--mem-gib", type=int, default=8)
     ap.add_argument("--item-length", type=int, default=2049)
     ap.add_argument("--budget", type=float, default=60.0, help="seconds per timed query loop at most")
