@@ -147,6 +147,23 @@ def test_small_data_report_says_what_is_missing(tmp_path, capsys) -> None:
     assert not (report.parent / "concept_layers.parquet").exists()
 
 
+def test_a_run_without_exposed_pairs_draws_every_figure_without_warnings(tmp_path, capsys, recwarn) -> None:
+    # No pair seen during the run (e.g. names BLiMP draws from a list that the corpus lacks): the per-pair
+    # figures are empty, and the scatter plot used to ask matplotlib for a legend of nothing (a UserWarning
+    # printed to the user).
+    n = 12
+    spec = SyntheticSpec(pairs_per_phenomenon=n, steps=(0, 100, 1000), write_states=False, write_attention=False,
+                         first_steps=np.full(3 * n, -1))
+    splits, eval_dir = write_synthetic(tmp_path, spec)
+    code = cli.main(["analyze", "--splits", str(splits), "--eval", str(eval_dir), "--out", str(tmp_path / "out"),
+                     "--n-boot", "50", "--no-progress"])
+    assert code == 0
+    html = Path(capsys.readouterr().out.strip()).read_text(encoding="utf-8")
+    assert "No pair was exposed during the run" in html
+    assert len(_images(html)) == 5
+    assert [str(w.message) for w in recwarn] == []
+
+
 def test_one_checkpoint_with_states_and_user_checkpoints(tmp_path, capsys) -> None:
     spec = SyntheticSpec(pairs_per_phenomenon=15, steps=(0, 512, 2000, 4000), write_attention=False)
     splits, eval_dir = write_synthetic(tmp_path, spec)

@@ -146,6 +146,7 @@ def plot_learned_vs_exposure(lags: LagSummary, path: Path) -> Path:
         lo = min(x.min(), y.min()) * 0.8
         hi = max(x.max(), y.max()) * 1.2
         ax.plot([lo, hi], [lo, hi], color="black", lw=1, ls="--", label="learned at = first exposure")
+        ax.legend(fontsize=8, loc="upper left")
     else:
         ax.text(0.5, 0.5, "no exposed pair was learned", transform=ax.transAxes, ha="center")
     ax.set_xscale("log")
@@ -154,7 +155,6 @@ def plot_learned_vs_exposure(lags: LagSummary, path: Path) -> Path:
     ax.set_ylabel("learned-at checkpoint step + 1 (log scale)")
     ax.set_title("Per pair: learned at vs first exposure\n(below the diagonal = learned before exposure)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
     return _save(fig, path)
 
 
