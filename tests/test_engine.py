@@ -326,6 +326,58 @@ def test_builder_streams_chunks_and_long_items(tmp_path):
     check_all(idx, oracle, phrases_for(stream, rng, 80, 5, max_len=12), [[0, 1000, 2000, 4000]])
 
 
+@st.composite
+def chunked_feeds(draw):
+    """A stream fed in chunks, each with one of add()'s ways of saying where items start."""
+    chunks = []
+    for _ in range(draw(st.integers(1, 6))):
+        n = draw(st.integers(1, 40))
+        mode = draw(st.sampled_from(["length", "lengths", "one"]))
+        kw: dict = {}
+        if mode == "length":
+            kw["item_length"] = draw(st.integers(1, 12))
+        elif mode == "lengths":
+            cuts = sorted(set(draw(st.lists(st.integers(1, n - 1), max_size=4)))) if n > 1 else []
+            kw["item_lengths"] = np.diff([0, *cuts, n]).tolist()
+        kw["item_continues"] = draw(st.booleans())
+        chunks.append((n, kw))
+    return chunks
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunked_feeds(), st.integers(0, 2**32 - 1))
+def test_hypothesis_chunked_builder_records_every_item(tmp_path_factory, chunks, seed):
+    # Model: each chunk's items start where the previous chunk ended, except its first, which goes on with the
+    # previous chunk's last item when that one was marked to continue. (Before the fix, an item_length chunk
+    # ending in a short item followed by any chunk shifted every later item start: the switch to explicit starts
+    # assumed the short item was whole.)
+    rng = np.random.default_rng(seed)
+    stream = rng.integers(0, 3, size=sum(n for n, _ in chunks)).astype(np.uint16)
+    starts: list[int] = []
+    pos, open_item = 0, False
+    with exposure.IndexBuilder(tmp_path_factory.mktemp("c") / "ix", vocab_size=3, threads=1, shard_tokens=50,
+                               max_phrase_tokens=8, progress=False) as b:
+        for n, kw in chunks:
+            b.add(stream[pos : pos + n], **kw)
+            if "item_length" in kw:
+                full, rest = divmod(n, kw["item_length"])
+                lengths = [kw["item_length"]] * full + ([rest] if rest else [])
+            else:
+                lengths = kw.get("item_lengths", [n])
+            for k, length in enumerate(lengths):
+                if not (k == 0 and open_item):
+                    starts.append(pos)
+                pos += length
+            open_item = kw["item_continues"]
+        idx = b.finish()
+    ends = [*starts[1:], pos]
+    assert idx.num_items == len(starts)
+    assert [idx.item_bounds(i) for i in range(idx.num_items)] == list(zip(starts, ends))
+    want_items = np.searchsorted(starts, np.arange(pos), "right") - 1
+    np.testing.assert_array_equal([idx.item_of(o) for o in range(pos)], want_items)
+    check_all(idx, Oracle(stream, np.array(starts)), phrases_for(stream, rng, 20, 3, max_len=6), [[0, pos // 2 + 1, pos + 1]])
+
+
 # ------------------------------------------------------------------------------ errors, integrity
 def test_invalid_phrases(tmp_path):
     idx = build(tmp_path, np.arange(10, dtype=np.uint16) % 4, vocab_size=6)

@@ -360,9 +360,11 @@ class IndexBuilder:
         item_continues: bool = False,
     ) -> None:
         """Appends items. ``tokens`` holds items back to back; give either their common
-        ``item_length`` (the chunk's last item may be shorter only at the very end of the stream)
-        or the ``item_lengths``. With neither, the chunk is one item. With ``item_continues``, the
-        chunk's last item goes on in the next chunk (a long item fed in pieces)."""
+        ``item_length`` (the chunk's last item may be shorter) or the ``item_lengths``. With
+        neither, the chunk is one item. The next chunk starts a new item, unless
+        ``item_continues``: then the chunk's last item goes on in the next chunk (a long item fed
+        in pieces). An index whose items all have one length (the last may be shorter) records
+        just that length; any other records every item's start."""
         if self._finished:
             raise RuntimeError("the builder is finished")
         arr = np.asarray(tokens)
@@ -503,13 +505,14 @@ class IndexBuilder:
             if not self._last_item_short and np.all(body == self._item_length) and lengths[-1] <= self._item_length:
                 self._last_item_short = bool(lengths[-1] < self._item_length)
                 self._n_items += lengths.size
+                self._next_start += int(lengths.sum())
                 return
-            # switch to explicit item starts, backfilling the uniform prefix
+            # Switch to explicit item starts, backfilling the uniform prefix (only its last item can be short,
+            # so every start is a multiple of the length; the next start is where the items so far end).
             self._starts_file = self.partial / "items.tmp"
             prefix = self.stream_start + np.arange(self._n_items, dtype=np.int64) * self._item_length
             with open(self._starts_file, "wb") as f:
                 prefix.tofile(f)
-            self._next_start = self.stream_start + self._n_items * self._item_length
             self._item_length = None
             self._last_item_short = False
         starts = self._next_start + np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
