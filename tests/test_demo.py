@@ -86,6 +86,21 @@ def test_rerun_reuses_finished_stages(demo):
     assert sum("reusing" in line for line in logs) == 6
 
 
+def test_rerun_with_other_settings_is_refused(demo):
+    # It used to reuse every finished stage: 6 pairs per paradigm scored and reported when 3 were asked for.
+    from dataclasses import replace
+
+    cfg, _ = demo
+    before = {p: p.stat().st_mtime_ns for p in cfg.out.rglob("*")}
+    for changed, name in ((replace(cfg, pairs_per_paradigm=3), "pairs_per_paradigm: 6 there, 3 now"),
+                          (replace(cfg, eval_every=2), "eval_every: 1 there, 2 now")):
+        with pytest.raises(ValueError, match=f"other settings \\({name}\\)"):
+            run_demo(changed, log=lambda s: None)
+    assert {p: p.stat().st_mtime_ns for p in cfg.out.rglob("*")} == before  # nothing touched
+    again = run_demo(replace(cfg, threads=1, progress=False), log=lambda s: None)  # no effect on results
+    assert all(v == 0.0 for k, v in again.seconds.items() if k != "total")
+
+
 def test_format_result_prints_a_measured_delay():
     from types import SimpleNamespace
 

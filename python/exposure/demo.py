@@ -3,7 +3,7 @@
 tokenize → index → critical phrases → proxy splits → reference pre-training (in index order) →
 evaluate every checkpoint → analyze → HTML report. Every stage writes its result under the output
 directory and is skipped when that result exists, so re-running reuses finished stages (training and
-evaluation also resume inside a stage). Nothing here is a mock: the same functions run at scale.
+evaluation also resume inside a stage); a re-run with settings that would change a result is refused. Nothing here is a mock: the same functions run at scale.
 """
 
 from __future__ import annotations
@@ -49,6 +49,34 @@ class DemoResult:
     report: Path
     seconds: dict[str, float]
     summary: dict[str, Any]
+
+
+# Settings that change no stage's result: a re-run with other values reuses the finished stages.
+_NO_EFFECT = ("out", "threads", "progress")
+
+
+def _settings(cfg: DemoConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def check_same_settings(cfg: DemoConfig) -> None:
+    """Refuses to continue a demo directory made with other settings: its finished stages would be reused as they
+    are (e.g. 100 pairs per paradigm scored and reported when 20 were asked for)."""
+    path = cfg.out / "demo-config.json"
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is unreadable ({exc}); delete {cfg.out} to start over") from None
+    new = _settings(cfg)
+    changed = [k for k in new if k not in _NO_EFFECT and old.get(k) != new[k]]
+    if changed:
+        what = "; ".join(f"{k}: {old.get(k)!r} there, {new[k]!r} now" for k in changed)
+        raise ValueError(
+            f"{cfg.out} holds a demo run made with other settings ({what}), whose finished stages would be reused "
+            f"as they are; give another --out, or delete {cfg.out} to start over"
+        )
 
 
 def _stage(name: str, done: Path, fn: Callable[[], None], log: Callable[[str], None], seconds: dict[str, float]) -> None:
@@ -111,8 +139,9 @@ def run_demo(cfg: DemoConfig = DemoConfig(), log: Callable[[str], None] = print)
     from exposure.train import ModelConfig, train_reference
 
     out = cfg.out
+    check_same_settings(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "demo-config.json").write_text(json.dumps(asdict(cfg), default=str, indent=1) + "\n")
+    (out / "demo-config.json").write_text(json.dumps(_settings(cfg), indent=1) + "\n")
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
     index_dir, phrases_file, splits_file = out / "index", out / "phrases.parquet", out / "splits.parquet"

@@ -17,7 +17,8 @@ def register(subparsers: Any) -> None:
             "BLiMP pairs of five phenomena and splits them into proxy-train / proxy-validation at every "
             "checkpoint, trains a small GPT-NeoX model on the index in index order (so exposure is known "
             "exactly), scores the pairs at every checkpoint, and writes an HTML report. Finished stages are "
-            "reused when re-run. About 5-10 minutes on 2 CPU cores."
+            "reused when re-run with the same settings (other settings need another --out). About 5-10 minutes "
+            "on 2 CPU cores."
         ),
     )
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
