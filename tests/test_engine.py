@@ -554,6 +554,30 @@ def test_interrupted_build_leaves_no_index_and_resumes(tmp_path, monkeypatch):
     check_all(idx, oracle, phrases_for(stream, rng, 40, 6), [[0, 4000, 8000]])
 
 
+def test_resumed_build_with_another_vocabulary_rebuilds_its_shards(tmp_path, monkeypatch):
+    # One long item: the finished shards hold no separator (the id that depends on the vocabulary), so their
+    # tokens hash the same under either vocabulary. They used to be reused, and the finished index would not open
+    # ("built for vocabulary size 6, the manifest says 7").
+    stream = np.random.default_rng(3).integers(0, 6, size=8000).astype(np.uint16)
+    real = _core.build_shard
+    calls = {"n": 0}
+
+    def failing(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(_core, "build_shard", failing)
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path, stream, vocab_size=6, shard_tokens=2000, threads=1, max_phrase_tokens=8)
+    monkeypatch.setattr(_core, "build_shard", real)
+    idx = build(tmp_path, stream, vocab_size=7, shard_tokens=2000, threads=1, max_phrase_tokens=8)
+    assert idx.manifest["build"]["shards_reused"] == 0
+    assert exposure.Index(tmp_path / "ix").vocab_size == 7
+    check_all(idx, Oracle(stream, None), phrases_for(stream, np.random.default_rng(4), 30, 7), [[0, 4000, 8000]])
+
+
 def test_xxh64_matches_reference():
     xxhash = pytest.importorskip("xxhash")
     rng = np.random.default_rng(0)

@@ -574,6 +574,7 @@ class IndexBuilder:
             "owned_text": int(owned_end),
             "text_tokens": int(text_end),
             "input_xxh64": f"{_core.xxh64(text):016x}",
+            "vocab_size": self.vocab_size,  # the same tokens under another vocabulary are another shard
             "windows": {n: f"{_core.xxh64(b):016x}" for n, b in self.windows.items()},
         }
         self._shards.append(record)
@@ -605,7 +606,7 @@ class IndexBuilder:
             try:
                 old = json.loads(meta_path.read_text())
                 same = all(old.get(k) == record[k] for k in ("stream_start", "stream_end", "owned_text",
-                                                             "text_tokens", "input_xxh64", "windows"))
+                                                             "text_tokens", "input_xxh64", "vocab_size", "windows"))
                 if same and _files_ok(shard_dir, old["files"]):
                     record.update(old)
                     self._reused += 1
