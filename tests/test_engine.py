@@ -528,19 +528,25 @@ def test_binary_header_version_mismatch(tmp_path):
         exposure.Index(tmp_path / "ix")
 
 
-def test_interrupted_build_leaves_no_index_and_resumes(tmp_path, monkeypatch):
-    rng = np.random.default_rng(2)
-    stream = rng.integers(0, 6, size=8000).astype(np.uint16)
+def _crash_at_shard(monkeypatch, k: int):
+    """Makes the k-th shard build raise KeyboardInterrupt (a simulated crash); returns the real build_shard."""
     real = _core.build_shard
     calls = {"n": 0}
 
     def failing(*args, **kw):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == k:
             raise KeyboardInterrupt("simulated crash")
         return real(*args, **kw)
 
     monkeypatch.setattr(_core, "build_shard", failing)
+    return real
+
+
+def test_interrupted_build_leaves_no_index_and_resumes(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    stream = rng.integers(0, 6, size=8000).astype(np.uint16)
+    real = _crash_at_shard(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         build(tmp_path, stream, item_length=100, shard_tokens=2000, threads=1)
     assert not (tmp_path / "ix").exists()
@@ -559,16 +565,7 @@ def test_resumed_build_with_another_vocabulary_rebuilds_its_shards(tmp_path, mon
     # tokens hash the same under either vocabulary. They used to be reused, and the finished index would not open
     # ("built for vocabulary size 6, the manifest says 7").
     stream = np.random.default_rng(3).integers(0, 6, size=8000).astype(np.uint16)
-    real = _core.build_shard
-    calls = {"n": 0}
-
-    def failing(*args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(_core, "build_shard", failing)
+    real = _crash_at_shard(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         build(tmp_path, stream, vocab_size=6, shard_tokens=2000, threads=1, max_phrase_tokens=8)
     monkeypatch.setattr(_core, "build_shard", real)
