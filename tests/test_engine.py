@@ -244,6 +244,27 @@ def test_adversarial(tmp_path, kind):
     assert idx3.count([stream[:8]])[0] == oracle.count(stream[:8])
 
 
+def test_processes_query_one_index_at_once(tmp_path):
+    # An Index pickles as its path, so worker processes (spawned: nothing inherited) open the same files.
+    import operator
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    rng = np.random.default_rng(5)
+    stream = rng.integers(0, 6, size=6000).astype(np.uint16)
+    idx = build(tmp_path, stream, item_length=100, shard_tokens=2000)
+    idx.threads = 1
+    clone = pickle.loads(pickle.dumps(idx))
+    assert (clone.path, clone.threads, clone.num_shards) == (idx.path.absolute(), 1, idx.num_shards)
+    oracle = Oracle(stream, np.arange(0, 6000, 100))
+    phrases = phrases_for(stream, rng, 50, 6)
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        answers = list(pool.map(operator.methodcaller("first_position", phrases), [idx] * 4))
+    for got in answers:
+        np.testing.assert_array_equal(got, [oracle.first(p) for p in phrases])
+
+
 def test_match_never_crosses_items(tmp_path):
     # "1 2" occurs only across the boundary between item 0 and item 1.
     stream = np.array([0, 0, 1, 2, 0, 0], dtype=np.uint16)

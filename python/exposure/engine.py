@@ -836,8 +836,13 @@ def assemble_index(parts: Sequence[str | os.PathLike[str]], out_dir: str | os.Pa
 # Querying
 
 
+def _reopen(path: str, threads: int) -> Index:
+    return Index(path, threads=threads)
+
+
 class Index:
-    """A built index, memory-mapped read-only. Safe to share between threads and processes."""
+    """A built index, memory-mapped read-only. Safe to share between threads and processes (it pickles as its
+    path: a process that unpickles it opens the same files)."""
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None, verify: bool = False) -> None:
         self.path = Path(path)
@@ -919,6 +924,11 @@ class Index:
     @threads.setter
     def threads(self, n: int) -> None:
         self._core.threads = _resolve_threads(n)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its path (e.g. sent to worker processes): the other process maps the same files, nothing is
+        # copied. The path is made absolute, since a worker may not share the working directory.
+        return (_reopen, (str(self.path.absolute()), self.threads))
 
     def __repr__(self) -> str:
         return (f"Index({str(self.path)!r}: {self.num_tokens:,} {self.dtype.name} tokens, {self.num_items:,} items, "
