@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
-from transformers import PreTrainedTokenizerFast
+from transformers import Olmo2Config, Olmo2ForCausalLM, PreTrainedTokenizerFast
 
 from _corpus_files import BLIMP, OTHER_TOKENIZER, SHARED, TOKENIZER
 from exposure import _core
@@ -118,6 +118,12 @@ def make_run(root: Path, kind: str, tokenizer_file: Path, steps: tuple[int, ...]
             max_position_embeddings=64, rotary_pct=0.25,
         )
         cls: Any = GPTNeoXForCausalLM
+    elif kind == "olmo2":  # OLMo-2's layout (q/k norms, post-norms), on the GPT-NeoX vocabulary
+        config = Olmo2Config(
+            vocab_size=50304, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64, pad_token_id=1, bos_token_id=None, eos_token_id=0,
+        )
+        cls = Olmo2ForCausalLM
     else:
         config = GPT2Config(vocab_size=50257, n_embd=32, n_layer=2, n_head=4, n_positions=64)
         cls = GPT2LMHeadModel
@@ -227,6 +233,17 @@ def test_gpt2_equals_one_at_a_time_reference(gpt2: dict[str, Any]) -> None:
     assert results.run["prefix_token_id"] == eos and results.run["model_type"] == "gpt2"
     for step in (0, 5):
         check_against_reference(results, gpt2["run"], gpt2["table"], GPT2, step)
+
+
+def test_olmo2_equals_one_at_a_time_reference(tmp_path: Path) -> None:
+    pairs = make_pairs(NEOX, per_paradigm=3)
+    pq.write_table(pairs, tmp_path / "pairs.parquet")
+    run = make_run(tmp_path / "run", "olmo2", NEOX, steps=(0, 3))
+    results = evaluate_run(tmp_path / "pairs.parquet", run, tmp_path / "out", device="cpu", dtype="fp32",
+                           batch_tokens=40, progress=False)
+    assert results.run["model_type"] == "olmo2"
+    for step in (0, 3):
+        check_against_reference(results, run, pairs, NEOX, step)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_eval.sh runs it on one)")
