@@ -3,7 +3,8 @@
 tokenize → index → critical phrases → proxy splits → reference pre-training (in index order) →
 evaluate every checkpoint → analyze → HTML report. Every stage writes its result under the output
 directory and is skipped when that result exists, so re-running reuses finished stages (training and
-evaluation also resume inside a stage); a re-run with settings that would change a result is refused. Nothing here is a mock: the same functions run at scale.
+evaluation also resume inside a stage); a re-run with settings that would change a result is refused.
+Nothing here is a mock: the same functions run at scale.
 """
 
 from __future__ import annotations
