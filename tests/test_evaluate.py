@@ -428,6 +428,15 @@ def test_bad_inputs_are_refused(neox: dict[str, Any], tmp_path: Path) -> None:
         evaluate_run(table, tmp_path, tmp_path / "d", progress=False)
     with pytest.raises(FileNotFoundError):
         evaluate_run(table, tmp_path / "missing_dir/run", tmp_path / "e", progress=False)
+    # a model whose vocabulary is smaller than the tokenizer's ids (the embedding lookup used to fail with
+    # "IndexError: index out of range in self")
+    small = make_run(tmp_path / "small", "gpt_neox", NEOX, steps=(0,))
+    config = json.loads((small / "step0" / "config.json").read_text())
+    torch.manual_seed(0)
+    GPTNeoXForCausalLM(GPTNeoXConfig(**{**config, "vocab_size": 100})).save_pretrained(small / "step0")
+    with pytest.raises(EvalError, match="has a vocabulary of 100: that tokenizer is not the model's"):
+        evaluate_run(table, small, tmp_path / "f", device="cpu", progress=False)
+    assert not (tmp_path / "f").exists()
 
 
 def test_cli_eval(neox: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -189,6 +189,12 @@ def evaluate_run(
     encoded: EncodedPairs = encode_pairs(source.table, tokenizer)
     prefix = int(prefix_token_id) if prefix_token_id is not None else run_.prefix_token_id(steps[0], tokenizer)
     shape: ModelShape = run_.shape(steps[0])
+    top = max([prefix, *(int(t.max()) for t in encoded.tokens if len(t))])
+    if top >= shape.vocab_size:
+        raise EvalError(
+            f"the pairs, tokenized with {first_tokenizer}, hold token id {top} but the model of {run_.name} has a "
+            f"vocabulary of {shape.vocab_size}: that tokenizer is not the model's"
+        )
     if batch_tokens is None:
         batch_tokens = default_batch_tokens(dev.type, shape.d_model)
     info: dict[str, Any] = {
