@@ -437,6 +437,13 @@ def test_bad_inputs_are_refused(neox: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(EvalError, match="has a vocabulary of 100: that tokenizer is not the model's"):
         evaluate_run(table, small, tmp_path / "f", device="cpu", progress=False)
     assert not (tmp_path / "f").exists()
+    # a model made for inputs shorter than the sentences (GPT-2's position table: the same IndexError)
+    short = make_run(tmp_path / "short", "gpt2", GPT2, steps=(0,))
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_embd=32, n_layer=1, n_head=4, n_positions=4)).save_pretrained(
+        short / "step0")
+    with pytest.raises(EvalError, match="takes at most 4 positions"):
+        evaluate_run(make_pairs(GPT2, per_paradigm=1), short, tmp_path / "g", device="cpu", progress=False)
 
 
 def test_cli_eval(neox: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -195,6 +195,12 @@ def evaluate_run(
             f"the pairs, tokenized with {first_tokenizer}, hold token id {top} but the model of {run_.name} has a "
             f"vocabulary of {shape.vocab_size}: that tokenizer is not the model's"
         )
+    longest = int(encoded.lengths().max(initial=0)) + 1  # with the prefix token
+    if shape.max_positions is not None and longest > shape.max_positions:
+        raise EvalError(
+            f"the longest sentence is {longest} tokens with the prefix token, but the model of {run_.name} takes at "
+            f"most {shape.max_positions} positions"
+        )
     if batch_tokens is None:
         batch_tokens = default_batch_tokens(dev.type, shape.d_model)
     info: dict[str, Any] = {

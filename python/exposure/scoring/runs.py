@@ -65,6 +65,7 @@ class ModelShape:
     n_heads: int
     d_model: int
     vocab_size: int
+    max_positions: int | None = None  # max_position_embeddings: the longest input the model was made for
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +85,7 @@ def model_shape(config: Any) -> ModelShape:
         n_heads=int(text.num_attention_heads),
         d_model=int(text.hidden_size),
         vocab_size=int(text.vocab_size),
+        max_positions=getattr(text, "max_position_embeddings", None),
     )
 
 
