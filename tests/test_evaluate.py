@@ -444,6 +444,12 @@ def test_bad_inputs_are_refused(neox: dict[str, Any], tmp_path: Path) -> None:
         short / "step0")
     with pytest.raises(EvalError, match="takes at most 4 positions"):
         evaluate_run(make_pairs(GPT2, per_paradigm=1), short, tmp_path / "g", device="cpu", progress=False)
+    # damaged weights: a cut-short safetensors file (it failed with safetensors' own SafetensorError)
+    cut = make_run(tmp_path / "cut", "gpt_neox", NEOX, steps=(0,))
+    weights = cut / "step0" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(EvalError, match="cannot load checkpoint step0 .*deserializing header"):
+        evaluate_run(table, cut, tmp_path / "h", device="cpu", progress=False)
 
 
 def test_cli_eval(neox: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

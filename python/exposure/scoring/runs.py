@@ -177,6 +177,9 @@ class Run:
 
     def load_model(self, step: int, device: torch.device, dtype: torch.dtype) -> Any:
         """Load checkpoint ``step`` as a causal LM in eval mode on ``device`` with the row-recording attention."""
+        import pickle
+
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
@@ -188,7 +191,8 @@ class Run:
             model: Any = AutoModelForCausalLM.from_pretrained(
                 location, revision=revision, dtype=dtype, attn_implementation=implementation
             )
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+            # missing or damaged weights (a cut-short safetensors file, a broken pickle, tensors of other shapes)
             raise EvalError(f"cannot load checkpoint step{step} from {location}: {exc}") from exc
         finally:
             if bars:
