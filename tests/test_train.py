@@ -241,6 +241,16 @@ def test_resume_after_interruption_is_exact(
     sn = _state(tmp_path / "run" / "step6")
     assert all(torch.equal(sr[k], sn[k]) for k in sr)
 
+    # nor with a damaged one (it used to fail with torch's "PytorchStreamReader failed reading zip archive")
+    shutil.rmtree(tmp_path / "run" / "step6")
+    resume = tmp_path / "run" / "resume.pt"
+    resume.write_bytes(resume.read_bytes()[: resume.stat().st_size // 2])
+    saved.clear()
+    _train(corpus_items, tmp_path / "run", checkpoints=(0, 2, 4, 6))
+    assert saved == [6]
+    sn = _state(tmp_path / "run" / "step6")
+    assert all(torch.equal(sr[k], sn[k]) for k in sr)
+
 
 def test_micro_batches_and_bf16(corpus_items: list[np.ndarray], tmp_path: Path) -> None:
     """Gradient accumulation over uneven micro-batches gives the same update (up to float rounding)."""

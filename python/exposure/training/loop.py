@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import pickle
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -156,7 +157,12 @@ def _resume_point(out_dir: Path, plan: RunPlan, fp: str) -> tuple[int, dict[str,
     path = out_dir / ckpt.RESUME_FILE
     if not path.is_file():
         return 0, None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError):
+        return 0, None  # damaged (it is written atomically, so not by a crash of ours): start over
+    if not isinstance(state, dict):
+        return 0, None
     s = int(state.get("step", -1))
     if state.get("fingerprint") != fp or s not in done or s > plan.last_step:
         return 0, None
