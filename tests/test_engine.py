@@ -327,6 +327,22 @@ def test_shard_size_fits_the_memory_budget(tmp_path):
             assert at_limit or need(b.buf_len + 1) > usable
 
 
+@pytest.mark.parametrize(("item_length", "n_items", "threads"), [(2049, 700, 1), (2049, 700, 2), (1500, 1111, 2),
+                                                                  (100, 9000, 2), (3000, 301, 1)])
+def test_known_length_streams_get_balanced_shards(tmp_path, item_length, n_items, threads):
+    # With the length known, shards are balanced. Each ends at its last whole item, so it may hold up to an item
+    # less than its share; the builder plans one item of slack, so the rest does not spill into a small extra shard.
+    from exposure.engine import _FIXED_OVERHEAD
+
+    stream = np.random.default_rng(item_length).integers(0, 50, size=item_length * n_items).astype(np.uint16)
+    idx = build(tmp_path, stream, vocab_size=50, item_length=item_length, threads=threads,
+                memory_budget_bytes=_FIXED_OVERHEAD + (1 << 20))
+    sizes = [s["stream_end"] - s["stream_start"] for s in idx.manifest["shards"]]
+    assert len(sizes) > threads  # the budget, not the threads, sets the count
+    assert min(sizes) >= max(sizes) // 2, sizes  # no spill into a small extra shard
+    assert sum(sizes) == stream.size and idx.count([stream[-5:]])[0] >= 1
+
+
 def test_builder_streams_chunks_and_long_items(tmp_path):
     rng = np.random.default_rng(8)
     stream = rng.integers(0, 5, size=4000).astype(np.uint16)

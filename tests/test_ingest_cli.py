@@ -165,6 +165,19 @@ def test_text_build_records_packing(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert not (tmp_path / "idx.tokenized").exists() and not (tmp_path / "idx.partial").exists()
 
 
+def test_a_stream_that_fits_one_shard_is_one_shard(tmp_path: Path) -> None:
+    # The readers did not pass the item count, so the builder planned shards for the tokens without their item
+    # separators, and the bundled corpus (818,505 tokens in 6,345 items) came out as 813,216 + 5,289 tokens.
+    from exposure import data
+
+    out = tmp_path / "idx"
+    assert main(["build", str(data.corpus_path()), "--format", "text", "--out", str(out), "--tokenizer",
+                 str(data.tokenizer_path()), "--item-length", "129", "--items-per-step", "8", "--threads", "2",
+                 "--no-progress"]) == 0
+    index = exposure.Index(out)
+    assert index.num_items > 6000 and index.num_shards == 1
+
+
 def test_text_seed_recorded_and_changes_order(tmp_path: Path) -> None:
     from exposure.readers.text import shuffle_order
     from exposure.schedule import log_checkpoints

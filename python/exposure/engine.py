@@ -291,12 +291,17 @@ class IndexBuilder:
             # Known length: balanced shards, as few as the budget allows (text = tokens plus one
             # separator per item).
             text = int(total_tokens) + int(total_items or 0)
-            n_shards = max(1, -(-text // max(cap, 1)))
+            # A shard ends at its last whole item, so it may hold up to an item less than its share: one item
+            # of slack (the mean item, separator included) keeps the rest from spilling into a tiny extra shard.
+            slack = min(-(-text // int(total_items)) if total_items else 0, cap // 2)
+            n_shards = max(1, -(-text // max(cap - slack, 1)))
             # Suffix sorting is sequential, so with T threads a large stream gets at least T shards
             # (of at least _MIN_PARALLEL_SHARD tokens) that build side by side. threads=1 keeps
             # one shard where the budget allows.
             n_shards = max(n_shards, min(self.parallel, text // _MIN_PARALLEL_SHARD))
-            cap = min(cap, -(-text // n_shards) + 1)
+            # (The buffer holds cap + overlap tokens, and the overlap tail is only used when a cut falls inside an
+            # item, so the slack may take its place.)
+            cap = min(cap, -(-text // n_shards) + 1 + slack - min(self.overlap, slack))
         if shard_tokens is not None:  # explicit shard size (tests, or matching a cluster's layout)
             if shard_tokens < 1:
                 raise ValueError("shard_tokens must be positive")

@@ -359,6 +359,7 @@ def build(
                 windows=windows,
                 # (tiny streams go without a total: the engine's shard balancing needs >= 1024 tokens per shard)
                 total_tokens=reader.num_tokens if reader.num_tokens >= 4096 else None,
+                total_items=reader.num_items,
                 overwrite=overwrite,
                 progress=progress,
                 shard_tokens=shard_tokens,
