@@ -227,6 +227,9 @@ class IndexBuilder:
     boundaries; only an item longer than a whole shard is cut inside, and then the shard keeps an
     overlap tail of ``max_phrase_tokens - 1`` tokens so phrases up to that length are still found.
 
+    Given the stream's length (``total_tokens`` and ``total_items``), it plans balanced shards, as few as the
+    budget allows (and at least ``threads`` for a long stream); without it, each shard fills the budget.
+
     Everything is written under ``OUT.partial/``; the manifest is written last and the directory
     renamed to ``OUT`` only when the build is complete, so an interrupted build never opens as an
     index. Re-running the same build reuses every shard that was finished.
