@@ -164,6 +164,20 @@ def test_a_run_without_exposed_pairs_draws_every_figure_without_warnings(tmp_pat
     assert [str(w.message) for w in recwarn] == []
 
 
+def test_without_bootstrap_the_report_says_n_a(tmp_path, capsys) -> None:
+    # --n-boot 0 (no resamples: no CIs) failed in the concept summary (a CI read back from Parquet as None) and
+    # printed "reached in nan% of bootstrap resamples".
+    spec = SyntheticSpec(pairs_per_phenomenon=15, steps=(0, 512, 2000, 4000), write_attention=False)
+    splits, eval_dir = write_synthetic(tmp_path, spec)
+    code = cli.main(["analyze", "--splits", str(splits), "--eval", str(eval_dir), "--out", str(tmp_path / "out"),
+                     "--n-boot", "0", "--no-progress"])
+    assert code == 0
+    html = Path(capsys.readouterr().out.strip()).read_text(encoding="utf-8")
+    text = re.sub(r"<[^>]+>", " ", re.sub(r'src="data:[^"]*"', "", html))
+    assert "95% CI n/a" in text and "the probe is most accurate" in text
+    assert not re.search(r"\b(nan|None)\b", text)
+
+
 def test_one_checkpoint_with_states_and_user_checkpoints(tmp_path, capsys) -> None:
     spec = SyntheticSpec(pairs_per_phenomenon=15, steps=(0, 512, 2000, 4000), write_attention=False)
     splits, eval_dir = write_synthetic(tmp_path, spec)

@@ -24,13 +24,20 @@ def _num(x: float | None, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
-def _ci(low: float, high: float, digits: int = 0, unit: str = "") -> str:
-    if not (np.isfinite(low) and np.isfinite(high)):
+def _ci(low: float | None, high: float | None, digits: int = 0, unit: str = "") -> str:
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
         return "95% CI n/a"
     sep = " to " if min(low, high) < 0 else "–"
     if digits == 0:
         return f"95% CI {low:,.0f}{sep}{high:,.0f}{unit}"
     return f"95% CI {low:.{digits}f}{sep}{high:.{digits}f}{unit}"
+
+
+def _boot_share(share: float | None, verb: str) -> str:
+    """", reached in 97% of bootstrap resamples"; nothing without resamples (--n-boot 0)."""
+    if share is None or not np.isfinite(share):
+        return ""
+    return f", {verb} in {share:.0%} of bootstrap resamples"
 
 
 def _p(p: float | None) -> str:
@@ -62,7 +69,7 @@ def _crossing_text(c: Crossing, threshold: float, min_pairs: int) -> str:
     else:
         text = (
             f"{head} and first reached {threshold:.0%} of it at step {c.step:,} "
-            f"({_ci(c.step_ci_low, c.step_ci_high)}, reached in {c.boot_defined:.0%} of bootstrap resamples)"
+            f"({_ci(c.step_ci_low, c.step_ci_high)}{_boot_share(c.boot_defined, 'reached')})"
         )
     caveats = []
     if c.at_first_point:
@@ -95,7 +102,7 @@ def delay_sentence(d: Delay, threshold: float) -> str:
     text = (
         f"{who}: proxy-train reached {threshold:.0%} of its final accuracy at step {d.train.step:,}, "
         f"proxy-validation at step {d.validation.step:,}: a delay of {d.delay:,} steps "
-        f"({_ci(d.ci_low, d.ci_high)}, defined in {d.boot_defined:.0%} of bootstrap resamples); "
+        f"({_ci(d.ci_low, d.ci_high)}{_boot_share(d.boot_defined, 'defined')}); "
         f"proxy-validation generalised {direction}"
         + ("" if d.delay == 0 else " than proxy-train")
         + "."
