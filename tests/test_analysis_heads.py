@@ -93,5 +93,6 @@ def test_no_attention_and_bad_shapes() -> None:
     with pytest.raises(ValueError, match="shape"):
         hd.analyze_heads({1: lambda: rng.random((3, 2, 4, 4)), 2: lambda: rng.random((3, 2, 4, 5))},
                          np.array(["x"] * 3, dtype=object))
-    with pytest.raises(ValueError, match="top_k"):
-        hd.analyze_heads({1: lambda: rng.random((3, 2, 4, 4))}, np.array(["x"] * 3, dtype=object), top_k=0)
+    for top_k in (0, 16, 17):  # 4 layers × 4 heads: between 1 and 15 top heads
+        with pytest.raises(ValueError, match="--top-k"):
+            hd.analyze_heads({1: lambda: rng.random((3, 2, 4, 4))}, np.array(["x"] * 3, dtype=object), top_k=top_k)

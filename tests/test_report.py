@@ -208,6 +208,14 @@ def test_cli_errors_are_clear(tmp_path, capsys) -> None:
     other_splits, _ = write_synthetic(other, SyntheticSpec(phenomena=("zzz",), pairs_per_phenomenon=3, steps=(0,)))
     assert cli.main(base + ["--splits", str(other_splits)]) == 2
     assert "not found" in capsys.readouterr().err
+    # as many top heads as the model has (or more): every share would be 100 % ("the top 100 of 16 heads")
+    with_heads = tmp_path / "heads"
+    splits, eval_dir = write_synthetic(with_heads, SyntheticSpec(pairs_per_phenomenon=6, steps=(0, 100)))
+    n_heads = int(np.prod(np.load(next((eval_dir / "attention").glob("*.npy")), mmap_mode="r").shape[2:]))
+    args = ["analyze", "--splits", str(splits), "--eval", str(eval_dir), "--out", str(with_heads / "o"), "--no-progress"]
+    assert cli.main(args + ["--top-k", str(n_heads)]) == 2
+    assert f"the model has {n_heads} heads" in capsys.readouterr().err
+    assert not (with_heads / "o").exists()
 
 
 def test_damaged_evaluation_files_are_named_or_noted(tmp_path, capsys) -> None:

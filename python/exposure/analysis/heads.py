@@ -60,6 +60,15 @@ def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return float(len(sa & sb) / len(union)) if union else float("nan")
 
 
+def check_top_k(top_k: int, n_layers: int, n_heads: int) -> None:
+    """The top heads must be fewer than all heads (else every share is 100 %)."""
+    if not 1 <= top_k < n_layers * n_heads:
+        raise ValueError(
+            f"--top-k {top_k}: the model has {n_layers * n_heads} heads ({n_layers} layers × {n_heads}); "
+            "the top heads must be at least 1 and fewer than all of them"
+        )
+
+
 def analyze_heads(
     attention: dict[int, Callable[[], np.ndarray]],
     phenomenon: np.ndarray,
@@ -74,8 +83,6 @@ def analyze_heads(
     """
     from tqdm import tqdm
 
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
     steps = np.array(sorted(attention), dtype=np.int64)
     if len(steps) == 0:
         return None
@@ -91,6 +98,7 @@ def analyze_heads(
         arr = attention[int(step)]()
         if shape is None:
             shape = arr.shape[2:]
+            check_top_k(top_k, *shape)
         elif arr.shape[2:] != shape:
             raise ValueError(f"attention at step {step} has shape {arr.shape}, earlier steps had [*, 2, {shape}]")
         block = np.asarray(arr[rows], dtype=np.float32)  # [m, 2, L, H]

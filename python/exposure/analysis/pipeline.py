@@ -64,6 +64,8 @@ def analyze(
     if max_concept_pairs < 2:
         raise ValueError(f"max_concept_pairs must be >= 2, got {max_concept_pairs}")
     data = load_eval(splits_path, eval_dir, progress=progress)
+    if data.attention_files:
+        heads_mod.check_top_k(top_k, *data.attention(min(data.attention_files)).shape[2:])
     out = Path(out_dir)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
