@@ -96,3 +96,7 @@ def test_no_attention_and_bad_shapes() -> None:
     for top_k in (0, 16, 17):  # 4 layers × 4 heads: between 1 and 15 top heads
         with pytest.raises(ValueError, match="--top-k"):
             hd.analyze_heads({1: lambda: rng.random((3, 2, 4, 4))}, np.array(["x"] * 3, dtype=object), top_k=top_k)
+    # by default 5, and fewer for a model with few heads (a 2 x 2 model: 3)
+    for shape, k in (((4, 4), 5), ((2, 2), 3), ((1, 1), 1)):
+        res = hd.analyze_heads({1: lambda shape=shape: rng.random((3, 2, *shape))}, np.array(["x"] * 3, dtype=object))
+        assert res is not None and res.top_k == k

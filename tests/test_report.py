@@ -216,6 +216,9 @@ def test_cli_errors_are_clear(tmp_path, capsys) -> None:
     assert cli.main(args + ["--top-k", str(n_heads)]) == 2
     assert f"the model has {n_heads} heads" in capsys.readouterr().err
     assert not (with_heads / "o").exists()
+    assert cli.main(args + ["--top-k", str(n_heads - 1), "--n-boot", "20"]) == 0
+    assert json.loads((with_heads / "o" / "summary.json").read_text())["findings"]["Attention heads"][0].startswith(
+        f"At the last checkpoint (step 100), the top {n_heads - 1} of {n_heads} heads")
 
 
 def test_damaged_evaluation_files_are_named_or_noted(tmp_path, capsys) -> None:

@@ -111,7 +111,10 @@ def test_collate_shifts_and_pads() -> None:
 def test_plan_run_uses_schedule_and_refuses_contradictions() -> None:
     sched = Schedule.custom(item_length=33, items_per_step=4, checkpoints=(0, 1, 2, 8, 100))
     plan = plan_run(40, schedule=sched, items_per_step=None, checkpoints=None, checkpoint_every=None, steps=None, epochs=1)
-    assert plan.items_per_step == 4 and plan.total_steps == 10 and plan.checkpoints == (0, 1, 2, 8)
+    # the run (10 steps) stops short of the schedule (100): its last step is saved too
+    assert plan.items_per_step == 4 and plan.total_steps == 10 and plan.checkpoints == (0, 1, 2, 8, 10)
+    plan = plan_run(40, schedule=sched, items_per_step=None, checkpoints=None, checkpoint_every=None, steps=5, epochs=1)
+    assert plan.checkpoints == (0, 1, 2, 5) and plan.last_step == 5
     with pytest.raises(ValueError, match="items per step"):
         plan_run(40, schedule=sched, items_per_step=8, checkpoints=None, checkpoint_every=None, steps=None, epochs=1)
     plan = plan_run(42, schedule=None, items_per_step=8, checkpoints=None, checkpoint_every=None, steps=None, epochs=1)

@@ -60,20 +60,29 @@ def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return float(len(sa & sb) / len(union)) if union else float("nan")
 
 
-def check_top_k(top_k: int, n_layers: int, n_heads: int) -> None:
-    """The top heads must be fewer than all heads (else every share is 100 %)."""
-    if not 1 <= top_k < n_layers * n_heads:
+DEFAULT_TOP_K = 5
+
+
+def resolve_top_k(top_k: int | None, n_layers: int, n_heads: int) -> int:
+    """``top_k``, checked against the model's heads: at least 1 and fewer than all of them (else every share is
+    100 %), one head excepted. None: :data:`DEFAULT_TOP_K`, or fewer for a model with few heads."""
+    total = n_layers * n_heads
+    most = max(1, total - 1)
+    if top_k is None:
+        return min(DEFAULT_TOP_K, most)
+    if not 1 <= top_k <= most:
         raise ValueError(
-            f"--top-k {top_k}: the model has {n_layers * n_heads} heads ({n_layers} layers × {n_heads}); "
-            "the top heads must be at least 1 and fewer than all of them"
+            f"--top-k {top_k}: the model has {total} heads ({n_layers} layers × {n_heads}); "
+            f"the top heads must be at least 1 and fewer than all of them (at most {most})"
         )
+    return top_k
 
 
 def analyze_heads(
     attention: dict[int, Callable[[], np.ndarray]],
     phenomenon: np.ndarray,
     *,
-    top_k: int = 5,
+    top_k: int | None = None,
     progress: bool = False,
 ) -> HeadResult | None:
     """Head statistics over the checkpoints in ``attention`` (step -> loader of ``[n, 2, L, H]``).
@@ -98,7 +107,7 @@ def analyze_heads(
         arr = attention[int(step)]()
         if shape is None:
             shape = arr.shape[2:]
-            check_top_k(top_k, *shape)
+            top_k = resolve_top_k(top_k, *shape)
         elif arr.shape[2:] != shape:
             raise ValueError(f"attention at step {step} has shape {arr.shape}, earlier steps had [*, 2, {shape}]")
         block = np.asarray(arr[rows], dtype=np.float32)  # [m, 2, L, H]

@@ -33,7 +33,7 @@ def analyze(
     threshold: float = 0.9,
     before: int | None = None,
     after: int | None = None,
-    top_k: int = 5,
+    top_k: int | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = True,
@@ -49,13 +49,14 @@ def analyze(
 
     ``threshold``: fraction of a curve's final accuracy that defines its threshold step.
     ``before``/``after``: checkpoints for the concept comparison (default: around the proxy-validation
-    transition). ``top_k``: heads counted as "top". ``n_boot``: bootstrap resamples (also the number of
-    random permutations, at least 1000). ``min_pairs``: a checkpoint counts for a curve's threshold only
-    with at least this many pairs. ``max_concept_pairs``: cap on pairs per phenomenon for probes.
+    transition). ``top_k``: heads counted as "top" (default 5, fewer for a model with few heads).
+    ``n_boot``: bootstrap resamples (also the number of random permutations, at least 1000). ``min_pairs``: a
+    checkpoint counts for a curve's threshold only with at least this many pairs. ``max_concept_pairs``: cap on
+    pairs per phenomenon for probes.
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"--threshold must be in (0, 1], got {threshold}")
-    if top_k < 1:
+    if top_k is not None and top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {top_k}")
     if n_boot < 0:
         raise ValueError(f"--n-boot must be >= 0, got {n_boot}")
@@ -65,7 +66,9 @@ def analyze(
         raise ValueError(f"max_concept_pairs must be >= 2, got {max_concept_pairs}")
     data = load_eval(splits_path, eval_dir, progress=progress)
     if data.attention_files:
-        heads_mod.check_top_k(top_k, *data.attention(min(data.attention_files)).shape[2:])
+        top_k = heads_mod.resolve_top_k(top_k, *data.attention(min(data.attention_files)).shape[2:])
+    elif top_k is None:
+        top_k = heads_mod.DEFAULT_TOP_K
     out = Path(out_dir)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fraction of a curve's final accuracy that defines its threshold step (default 0.9)")
     p.add_argument("--before", type=int, default=None, help="checkpoint step 'before' for the concept comparison")
     p.add_argument("--after", type=int, default=None, help="checkpoint step 'after' for the concept comparison")
-    p.add_argument("--top-k", type=int, default=5, help="number of top attention heads (default 5)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="number of top attention heads (default 5, fewer for a model with few heads)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--min-pairs", type=int, default=5,
                    help="a checkpoint counts for a curve's threshold only with at least this many pairs (default 5)")
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--eval {args.eval_dir}: no such directory")
     if not 0.0 < args.threshold <= 1.0:
         raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
-    if args.top_k < 1:
+    if args.top_k is not None and args.top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {args.top_k}")
     if args.n_boot < 0:
         raise UserError(f"--n-boot must be >= 0, got {args.n_boot}")

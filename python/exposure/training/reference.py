@@ -71,7 +71,8 @@ def plan_run(
       a value that contradicts the index's schedule is refused (its exposures would be wrong);
     * steps: ``steps``, else the schedule's ``total_steps``, else ``ceil(epochs * num_items / B)``;
     * checkpoints: ``checkpoints``; else Pythia-like every ``checkpoint_every`` steps when it is given; else the
-      schedule's (those within the run); else Pythia-like (:func:`~exposure.training.checkpoints.default_checkpoints`).
+      schedule's (those within the run, and the run's last step when the run stops short of the schedule); else
+      Pythia-like (:func:`~exposure.training.checkpoints.default_checkpoints`).
     """
     if num_items <= 0:
         raise ValueError("the index has no items")
@@ -111,8 +112,13 @@ def plan_run(
     if checkpoints is None and schedule is not None and checkpoint_every is None:
         within = [c for c in schedule.checkpoints if c <= total_steps]
         if len(within) < len(schedule.checkpoints):
+            # A run cut short of the schedule (fewer steps or items) still saves its end: it used to end at the
+            # last schedule checkpoint within it, so `--steps 5` on a schedule saving every 20 steps trained nothing.
             dropped = len(schedule.checkpoints) - len(within)
-            _warn(f"dropping {dropped} schedule checkpoints beyond the run's {total_steps} steps", progress)
+            if total_steps not in within:
+                within.append(total_steps)
+            _warn(f"dropping {dropped} schedule checkpoints beyond the run's {total_steps} steps; its last step is "
+                  f"saved as checkpoint {total_steps}", progress)
         if within:
             checkpoints = within
     if checkpoints is None:
