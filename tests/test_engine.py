@@ -332,7 +332,7 @@ def test_shard_size_fits_the_memory_budget(tmp_path):
 def test_known_length_streams_get_balanced_shards(tmp_path, item_length, n_items, threads):
     # With the length known, shards are balanced. Each ends at its last whole item, so it may hold up to an item
     # less than its share; the builder plans one item of slack, so the rest does not spill into a small extra shard.
-    from exposure.engine import _FIXED_OVERHEAD
+    from exposure.engine import _FIXED_OVERHEAD, _SA_OVERHEAD
 
     stream = np.random.default_rng(item_length).integers(0, 50, size=item_length * n_items).astype(np.uint16)
     idx = build(tmp_path, stream, vocab_size=50, item_length=item_length, threads=threads,
@@ -341,6 +341,11 @@ def test_known_length_streams_get_balanced_shards(tmp_path, item_length, n_items
     assert len(sizes) > threads  # the budget, not the threads, sets the count
     assert min(sizes) >= max(sizes) // 2, sizes  # no spill into a small extra shard
     assert sum(sizes) == stream.size and idx.count([stream[-5:]])[0] >= 1
+    # one long item (no boundaries to cut at): as few shards as the budget allows, cut inside the item
+    whole = build(tmp_path, stream, "whole", vocab_size=50, threads=threads,
+                  memory_budget_bytes=_FIXED_OVERHEAD + (1 << 20))
+    per_shard = (1 << 20) / threads / (2 + _SA_OVERHEAD) - 1023  # the budget's shard text, less the overlap tail
+    assert whole.num_shards == -(-(stream.size + 1) // int(per_shard))
 
 
 def test_builder_streams_chunks_and_long_items(tmp_path):

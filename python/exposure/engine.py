@@ -296,8 +296,10 @@ class IndexBuilder:
             text = int(total_tokens) + int(total_items or 0)
             # A shard ends at its last whole item, so it may hold up to an item less than its share: one item
             # of slack (the mean item, separator included) keeps the rest from spilling into a tiny extra shard.
-            slack = min(-(-text // int(total_items)) if total_items else 0, cap // 2)
-            n_shards = max(1, -(-text // max(cap - slack, 1)))
+            # Items that are not small against a shard get none (a shard longer than an item cuts inside it).
+            item = -(-text // int(total_items)) if total_items else 0
+            slack = item if item <= cap // 16 else 0
+            n_shards = max(1, -(-text // (cap - slack)))
             # Suffix sorting is sequential, so with T threads a large stream gets at least T shards
             # (of at least _MIN_PARALLEL_SHARD tokens) that build side by side. threads=1 keeps
             # one shard where the budget allows.
