@@ -417,7 +417,8 @@ def test_hypothesis_chunked_builder_records_every_item(tmp_path_factory, chunks,
     assert [idx.item_bounds(i) for i in range(idx.num_items)] == list(zip(starts, ends))
     want_items = np.searchsorted(starts, np.arange(pos), "right") - 1
     np.testing.assert_array_equal([idx.item_of(o) for o in range(pos)], want_items)
-    check_all(idx, Oracle(stream, np.array(starts)), phrases_for(stream, rng, 20, 3, max_len=6), [[0, pos // 2 + 1, pos + 1]])
+    phrases = phrases_for(stream, rng, 20, 3, max_len=6)
+    check_all(idx, Oracle(stream, np.array(starts)), phrases, [[0, pos // 2 + 1, pos + 1]])
 
 
 # ------------------------------------------------------------------------------ errors, integrity
