@@ -71,8 +71,12 @@ def test_dict_round_trip_and_validation() -> None:
         Schedule("bad", 4, 2, (0, 2, 2))
     with pytest.raises(ValueError, match="positive"):
         Schedule("bad", 0, 2, (0,))
-    with pytest.raises(ValueError, match="not a schedule"):
+    with pytest.raises(ValueError, match="not a schedule description: no 'item_length' field"):
         Schedule.from_dict({"name": "x"})
+    with pytest.raises(ValueError, match="expected an object .* got list"):
+        Schedule.from_dict([1, 2])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a schedule description: invalid literal"):
+        Schedule.from_dict({**d, "items_per_step": "many"})
 
 
 def test_checkpoint_helpers() -> None:

@@ -201,6 +201,9 @@ class Schedule:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Schedule:
         """Inverse of :meth:`to_dict`."""
+        if not isinstance(d, dict):
+            raise ValueError(f"not a schedule description: expected an object with name, item_length, "
+                             f"items_per_step, checkpoints, got {type(d).__name__}")
         try:
             return cls(
                 name=str(d["name"]),
@@ -210,7 +213,11 @@ class Schedule:
                 epoch_items=None if d.get("epoch_items") is None else int(d["epoch_items"]),
                 total_steps=None if d.get("total_steps") is None else int(d["total_steps"]),
             )
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
+            raise ValueError(
+                f"not a schedule description: no {exc} field (it needs name, item_length, items_per_step, checkpoints)"
+            ) from None
+        except (TypeError, ValueError) as exc:
             raise ValueError(f"not a schedule description: {exc}") from None
 
     @classmethod
