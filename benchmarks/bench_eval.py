@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
         args.blimp = SHARED / "blimp" if (SHARED / "blimp").is_dir() else blimp_dir()
 
-    from exposure.scoring.runs import resolve_device, resolve_dtype
+    from exposure.devices import resolve_device
+    from exposure.scoring.runs import resolve_dtype
 
     device = resolve_device(args.device)
     torch_dtype = resolve_dtype(args.dtype, device)

@@ -462,6 +462,8 @@ def test_cli_eval(neox: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFi
     bad = argv[:7] + ["--checkpoints", "9", "--no-progress"]
     assert cli_main(bad) == 2
     assert "not in" in capsys.readouterr().err
+    assert cli_main(argv[:7] + ["--device", "tpu"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
 
 
 @settings(max_examples=60, deadline=None)

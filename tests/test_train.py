@@ -326,7 +326,9 @@ def test_train_reference_reads_the_index_in_order(corpus_items: list[np.ndarray]
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("step")) == ["step0", "step1", "step2", "step4", "step5"]
 
 
-def test_cli_train_reference_without_schedule(corpus_items: list[np.ndarray], tmp_path: Path) -> None:
+def test_cli_train_reference_without_schedule(
+    corpus_items: list[np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _build_index(corpus_items[:24], tmp_path / "index", None)
     args = ["train-reference", str(tmp_path / "index"), str(tmp_path / "model"), "--layers", "1", "--d-model", "32",
             "--heads", "2", "--items-per-step", "4", "--checkpoint-every", "2", "--device", "cpu", "--no-progress"]
@@ -337,3 +339,12 @@ def test_cli_train_reference_without_schedule(corpus_items: list[np.ndarray], tm
     assert cli.main(args) == 0  # everything finished: nothing to do
     bad = args + ["--lr", "0.5"]
     assert cli.main(bad) == 2  # other settings in the same folder: a clear error, not a crash
+    # a device this torch cannot use: one line, nothing written (mps failed at the first tensor moved there)
+    where = args.index("--device") + 1
+    usable = {"cuda:7": torch.cuda.device_count() > 7, "mps": torch.backends.mps.is_available()}
+    for device, message in (("tpu", "unknown device 'tpu'"), ("cuda:7", "cuda:7"), ("mps", "'mps' requested")):
+        if usable.get(device):
+            continue
+        other = args[:2] + [str(tmp_path / device)] + args[3:where] + [device] + args[where + 1 :]
+        assert cli.main(other) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / device).exists()

@@ -39,7 +39,8 @@ from exposure.scoring.pairs import (
     file_sha256,
     read_pairs,
 )
-from exposure.scoring.runs import ModelShape, Run, dtype_name, model_shape, open_run, resolve_device, resolve_dtype
+from exposure.devices import resolve_device
+from exposure.scoring.runs import ModelShape, Run, dtype_name, model_shape, open_run, resolve_dtype
 from exposure.scoring.store import EvalResults, OutputDir, load_results, scores_table
 
 __all__ = [

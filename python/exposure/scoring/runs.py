@@ -28,19 +28,6 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"``: CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise EvalError(f"unknown device {device!r}") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError("device cuda requested, but torch sees no CUDA device")
-    return resolved
-
-
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """``"auto"``: bfloat16 on a GPU that supports it (else float16), float32 on CPU."""
     if isinstance(dtype, torch.dtype):

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from exposure.devices import resolve_device
 from exposure.training import checkpoints as ckpt
 from exposure.training.config import ModelConfig, OptimConfig
 from exposure.training.items import IGNORE_INDEX, ItemSource, collate, run_items, step_item_range
@@ -69,16 +70,6 @@ class RunPlan:
     @property
     def last_step(self) -> int:
         return self.checkpoints[-1]
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return device
 
 
 def make_hf_tokenizer(tokenizer_file: Path, context_length: int) -> Any:
@@ -231,9 +222,9 @@ def train_items(
     data_info = dict(data_info or {})
     if "id" not in data_info:
         raise ValueError("data_info must hold an 'id' that identifies the training data")
+    dev = str(resolve_device(device))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
     hf_tok = make_hf_tokenizer(Path(tokenizer_file), model_config.context_length)
     from exposure.tokenizer import load_tokenizer
 
@@ -426,4 +417,4 @@ def items_fingerprint(items: Sequence[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-__all__ = ["PRECISIONS", "RUN_FORMAT", "RunPlan", "items_fingerprint", "make_hf_tokenizer", "resolve_device", "train_items"]
+__all__ = ["PRECISIONS", "RUN_FORMAT", "RunPlan", "items_fingerprint", "make_hf_tokenizer", "train_items"]
