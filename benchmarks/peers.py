@@ -415,7 +415,8 @@ def divsufsort_sort(a) -> dict:
         t = time.perf_counter()
         seconds = list(pool.map(_divsufsort_part, [a.tokens] * parts, cuts[:-1], cuts[1:]))
         wall = time.perf_counter() - t
-    return {"ok": True, "seconds": round(max(seconds) if parts <= a.threads else wall, 3), "part_seconds": [round(x, 3) for x in seconds],
+    return {"ok": True, "seconds": round(max(seconds) if parts <= a.threads else wall, 3),
+            "part_seconds": [round(x, 3) for x in seconds],
             "tokens": n, "parts": parts, "version": _version("pydivsufsort"),
             "note": "suffix sort only (no index): big-endian bytes of each part, 2 byte suffixes per token"}
 
