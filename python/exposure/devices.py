@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
-def resolve_device(device: Any) -> Any:
+def resolve_device(device: str | torch.device) -> torch.device:
     """The ``torch.device`` for ``device``; ``"auto"``: CUDA when available, else CPU. A device this torch cannot
     use is a ``ValueError`` that says so (not a failure at the first tensor moved there)."""
     import torch

@@ -24,6 +24,7 @@ fewer than ``MIN_TEST_PAIRS`` pairs no test is made and the change is reported a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +78,20 @@ class CheckpointChoice:
         return self.before is not None and self.after is not None and self.before != self.after
 
 
+def check_user_checkpoints(available: Iterable[int], before: int | None, after: int | None) -> list[int]:
+    """Refuses a ``before``/``after`` without hidden states, or not in that order; returns the sorted steps."""
+    avail = sorted(int(s) for s in available)
+    for name, value in (("before", before), ("after", after)):
+        if value is not None and value not in avail:
+            raise ValueError(
+                f"--{name} {value}: the evaluation has no hidden states at step {value} "
+                f"(steps with states: {avail if avail else 'none'})"
+            )
+    if before is not None and after is not None and before >= after:
+        raise ValueError(f"--before ({before}) must be an earlier step than --after ({after})")
+    return avail
+
+
 def choose_checkpoints(
     available: list[int],
     transition_step: int | None,
@@ -90,15 +105,7 @@ def choose_checkpoints(
     after it. User choices are validated and take precedence. Without a usable transition the first and
     last available checkpoints are compared, and ``reason`` says so.
     """
-    avail = sorted(int(s) for s in available)
-    for name, value in (("before", before), ("after", after)):
-        if value is not None and value not in avail:
-            raise ValueError(
-                f"--{name} {value}: the evaluation has no hidden states at step {value} "
-                f"(steps with states: {avail if avail else 'none'})"
-            )
-    if before is not None and after is not None and before >= after:
-        raise ValueError(f"--before ({before}) must be an earlier step than --after ({after})")
+    avail = check_user_checkpoints(available, before, after)
     if not avail:
         return CheckpointChoice(None, None, "the evaluation output has no hidden states (states/step{S}.npy)")
     if before is not None and after is not None:

@@ -65,6 +65,7 @@ def analyze(
     if max_concept_pairs < 2:
         raise ValueError(f"max_concept_pairs must be >= 2, got {max_concept_pairs}")
     data = load_eval(splits_path, eval_dir, progress=progress)
+    concepts_mod.check_user_checkpoints(data.state_files, before, after)  # before anything is written
     if data.attention_files:
         top_k = heads_mod.resolve_top_k(top_k, *data.attention(min(data.attention_files)).shape[2:])
     elif top_k is None:

@@ -44,15 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--splits {args.splits}: no such file")
     if not args.eval_dir.is_dir():
         raise UserError(f"--eval {args.eval_dir}: no such directory")
-    if not 0.0 < args.threshold <= 1.0:
-        raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
-    if args.top_k is not None and args.top_k < 1:
-        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.n_boot < 0:
-        raise UserError(f"--n-boot must be >= 0, got {args.n_boot}")
-    if args.before is not None and args.after is not None and args.before >= args.after:
-        raise UserError(f"--before ({args.before}) must be an earlier step than --after ({args.after})")
-    try:
+    try:  # the options are checked by analyze, before it writes anything
         report = analyze(
             args.splits,
             args.eval_dir,
