@@ -417,8 +417,41 @@ def test_hypothesis_chunked_builder_records_every_item(tmp_path_factory, chunks,
     assert [idx.item_bounds(i) for i in range(idx.num_items)] == list(zip(starts, ends))
     want_items = np.searchsorted(starts, np.arange(pos), "right") - 1
     np.testing.assert_array_equal([idx.item_of(o) for o in range(pos)], want_items)
+    np.testing.assert_array_equal(idx.item_of(np.arange(pos)), want_items)
     phrases = phrases_for(stream, rng, 20, 3, max_len=6)
     check_all(idx, Oracle(stream, np.array(starts)), phrases, [[0, pos // 2 + 1, pos + 1]])
+
+
+def test_item_of_takes_one_offset_or_an_array(tmp_path):
+    stream = np.array([1, 2, 3, 1, 2, 3, 4, 1, 2], dtype=np.uint16)
+    uniform = exposure.build_index(stream, tmp_path / "u", vocab_size=5, item_length=4, progress=False)
+    ragged = exposure.build_index(stream, tmp_path / "r", vocab_size=5, item_starts=[0, 2, 7], progress=False)
+    for idx, want in ((uniform, [0, 0, 0, 0, 1, 1, 1, 1, 2]), (ragged, [0, 0, 1, 1, 1, 1, 1, 2, 2])):
+        items = idx.item_of(np.arange(9, dtype=np.uint32))
+        assert items.dtype == np.int64
+        np.testing.assert_array_equal(items, want)
+        found = idx.positions([1, 2])
+        assert len(found) == (1 if idx is uniform else 3)
+        np.testing.assert_array_equal(idx.item_of(found), np.array(want)[found])
+        assert [type(idx.item_of(o)) for o in (3, np.int64(3))] == [int, int]
+        assert idx.item_of(np.int64(8)) == want[8]
+        assert idx.item_of([]).shape == (0,)
+        with pytest.raises(ValueError, match=r"offset 9 is outside the stream \[0, 9\)"):
+            idx.item_of([0, 9])
+        with pytest.raises(ValueError, match="offset -1 is outside"):
+            idx.item_of(-1)
+        with pytest.raises(ValueError, match="offsets must be integers, not float64"):
+            idx.item_of([1.0])
+
+
+def test_vocabulary_size_errors_say_what_is_wrong(tmp_path):
+    one = np.array([1], dtype=np.uint16)
+    with pytest.raises(ValueError, match="vocab_size must be positive, got 0"):
+        exposure.build_index(one, tmp_path / "a", vocab_size=0, progress=False)
+    with pytest.raises(ValueError, match=r"does not fit uint16 .*\(at most 65535\); use uint32"):
+        exposure.build_index(one, tmp_path / "b", vocab_size=70_000, progress=False)
+    with pytest.raises(ValueError, match=r"does not fit uint32 .*\(at most 4294967295\)$"):
+        exposure.build_index(one.astype(np.uint32), tmp_path / "c", vocab_size=2**32, progress=False)
 
 
 # ------------------------------------------------------------------------------ errors, integrity

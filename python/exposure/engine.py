@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -260,10 +260,13 @@ class IndexBuilder:
         if self.dtype.name not in _DTYPES:
             raise ValueError(f"token dtype must be uint16 or uint32, not {np.dtype(dtype).name}")
         self.vocab_size = int(vocab_size)
-        if not 1 <= self.vocab_size <= np.iinfo(self.dtype).max:
+        if self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+        if self.vocab_size > np.iinfo(self.dtype).max:
+            hint = "; use uint32" if self.dtype.name == "uint16" and self.vocab_size <= np.iinfo(np.uint32).max else ""
             raise ValueError(
                 f"vocab_size {vocab_size} does not fit {self.dtype.name} with a spare separator id "
-                f"(at most {np.iinfo(self.dtype).max}); use uint32"
+                f"(at most {np.iinfo(self.dtype).max}){hint}"
             )
         self.sep = self.vocab_size
         self.threads = _resolve_threads(threads)
@@ -1060,13 +1063,26 @@ class Index:
             raise ValueError(f"range [{start}, {stop}) is outside the stream [0, {self.num_tokens})")
         return self._core.copy_stream(int(start), int(stop)).astype(self.dtype)
 
-    def item_of(self, offset: int) -> int:
-        if not 0 <= offset < self.num_tokens:
-            raise ValueError(f"offset {offset} is outside the stream [0, {self.num_tokens})")
+    @overload
+    def item_of(self, offset: int) -> int: ...
+    @overload
+    def item_of(self, offset: Sequence[int] | np.ndarray) -> np.ndarray: ...
+    def item_of(self, offset: int | Sequence[int] | np.ndarray) -> int | np.ndarray:
+        """The item holding each stream offset: an int for an int, an int64 array for an array (e.g. of
+        :meth:`positions`)."""
+        arr = np.asarray(offset)
+        if arr.dtype.kind not in "iu" and arr.size:
+            raise ValueError(f"offsets must be integers, not {arr.dtype}")
+        arr = arr.astype(np.int64)
+        outside = (arr < 0) | (arr >= self.num_tokens)
+        if np.any(outside):
+            raise ValueError(f"offset {int(arr[outside].flat[0])} is outside the stream [0, {self.num_tokens})")
         if self._item_starts is not None:
-            return int(np.searchsorted(self._item_starts, offset, side="right")) - 1
-        assert self._item_length is not None
-        return offset // self._item_length
+            items = np.searchsorted(self._item_starts, arr, side="right") - 1
+        else:
+            assert self._item_length is not None
+            items = arr // self._item_length
+        return int(items) if items.ndim == 0 else items.astype(np.int64)
 
     def item_bounds(self, i: int) -> tuple[int, int]:
         """(start, end) stream offsets of item i."""
