@@ -165,6 +165,25 @@ def test_text_build_records_packing(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert not (tmp_path / "idx.tokenized").exists() and not (tmp_path / "idx.partial").exists()
 
 
+def test_one_pass_with_a_partial_last_step_trains_each_occurrence_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Items that are not a whole number of steps: the last step reads what is left. It used to be taken to go on
+    # into a second pass, so `exposure query` reported occurrences in the first items trained twice ("trained"
+    # above "count" on a one-pass corpus) and the splits' exposure columns counted them twice.
+    text = "".join(f"I saw these dogs today, said person {k}.\n" for k in range(10))
+    out = tmp_path / "idx"
+    assert main(["build", str(write_text(tmp_path / "a.txt", text)), "--format", "text", "--out", str(out),
+                 "--tokenizer", str(TOKENIZER), "--item-length", "5", "--items-per-step", "3", "--no-shuffle",
+                 "--no-progress"]) == 0
+    index = exposure.Index(out)
+    schedule = Schedule.for_index(index)
+    assert index.num_items % 3 != 0 and schedule.total_items == index.num_items
+    answer = _query(capsys, out, "saw these", "dogs today", "person")
+    for r in answer["results"]:
+        assert r["count"] > 0 and r["trained_exposures"] == r["count"] == sum(r["exposures"]), r
+
+
 def test_a_stream_that_fits_one_shard_is_one_shard(tmp_path: Path) -> None:
     # The readers did not pass the item count, so the builder planned shards for the tokens without their item
     # separators, and the bundled corpus (818,505 tokens in 6,345 items) came out as 813,216 + 5,289 tokens.

@@ -152,8 +152,9 @@ def test_exposures_second_pass(toy_index: exposure.Index) -> None:
     assert s3.exposures(toy_index, [P]).tolist() == [[0, 3, 3, 3]]
 
 
-def _oracle_exposures(index: exposure.Index, s: Schedule, phrase: list[int]) -> list[int]:
-    """Independent count: every occurrence, every pass, placed in its window by a plain loop."""
+def _oracle_exposures(index: exposure.Index, s: Schedule, phrase: list[int], run_items: int) -> list[int]:
+    """Independent count: every occurrence, every pass, placed in its window by a plain loop; the run reads
+    ``run_items`` items in all."""
     out = [0] * len(s.checkpoints)
     ep = s.epoch_tokens
     for t in index.positions(phrase).tolist():
@@ -161,7 +162,7 @@ def _oracle_exposures(index: exposure.Index, s: Schedule, phrase: list[int]) -> 
         for p in passes:
             v = t + p * (ep or 0)
             step = v // s.tokens_per_step
-            if step >= s.checkpoints[-1]:
+            if step >= s.checkpoints[-1] or v // s.item_length >= run_items:
                 break
             k = next(i for i, c in enumerate(s.checkpoints) if c > step)
             out[k] += 1
@@ -178,18 +179,41 @@ def test_exposures_match_oracle_on_random_streams(tmp_path: Path) -> None:
         B = int(rng.integers(1, 5))
         steps = -(-n_items // B)
         ckpts = tuple(sorted({0, *rng.integers(1, 3 * steps, size=6).tolist()}))
-        for epoch in (None, n_items):
-            s = Schedule("r", L, B, ckpts, epoch_items=epoch)
+        # a run whose last step is partial reads fewer items than its steps hold (and no further pass in it)
+        partial = (ckpts[-1] - 1) * B + int(rng.integers(1, B + 1))
+        for epoch, total_items in ((None, None), (n_items, None), (n_items, partial), (None, partial)):
+            s = Schedule("r", L, B, ckpts, epoch_items=epoch, total_items=total_items)
+            run_items = ckpts[-1] * B if total_items is None else total_items
             phrases = [[int(a)] for a in range(4)] + [rng.integers(0, 4, size=k).tolist() for k in (2, 2, 3)]
             got = s.exposures(idx, phrases)
             for ph, row in zip(phrases, got.tolist()):
-                assert row == _oracle_exposures(idx, s, ph), (trial, epoch, ph)
+                assert row == _oracle_exposures(idx, s, ph, run_items), (trial, epoch, total_items, ph)
             # first_step agrees with the smallest position
             fs = s.first_step(idx, phrases)
             for ph, f in zip(phrases, fs.tolist()):
                 pos = idx.positions(ph).tolist()
-                want = pos[0] // s.tokens_per_step if pos and pos[0] // s.tokens_per_step < s.num_steps else -1
-                assert f == want
+                trained = pos and pos[0] // s.tokens_per_step < s.num_steps and pos[0] // L < run_items
+                assert f == (pos[0] // s.tokens_per_step if trained else -1)
+
+
+def test_a_one_pass_run_with_a_partial_last_step_trains_each_occurrence_once(toy_index: exposure.Index) -> None:
+    # 8 items at 3 per step: 3 steps (12 tokens each), the last reading items 6 and 7 only; P at 0, 10, 16, 26
+    # -> steps 0, 0, 1, 2; Q at 1, 4, 17 -> 0, 0, 1. Before total_items, the third step
+    # was taken to go on into a second pass (items 0, then 1, ...), so the last window counted P and A again.
+    s = Schedule.custom(4, 3, num_steps=3, epoch_items=8, total_items=8)
+    assert (s.total_items, s.trained_tokens, s.num_steps) == (8, 32, 3)
+    phrases = [P, A, B, Q, LATE, NEVER]
+    got = s.exposures(toy_index, phrases)
+    assert got.sum(axis=1).tolist() == toy_index.count(phrases).tolist()
+    assert got.tolist() == [[0, 2, 1, 1], [0, 1, 0, 0], [0, 1, 0, 1], [0, 2, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
+    assert "8 items in all (the last step partial)" in s.describe()
+    assert Schedule.from_dict(s.to_dict()) == s
+    # total_items is kept in one form: the default (every step whole) is None
+    assert Schedule.custom(4, 2, num_steps=4, total_items=8).total_items is None
+    with pytest.raises(ValueError, match="total_items 6 does not end in the last of its 3 steps of 3 items"):
+        Schedule.custom(4, 3, num_steps=3, total_items=6)
+    with pytest.raises(ValueError, match="total_items 10 does not end"):
+        Schedule.custom(4, 3, num_steps=3, total_items=10)
 
 
 def test_window_structures_for_persisting(toy_index: exposure.Index) -> None:

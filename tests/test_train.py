@@ -326,6 +326,22 @@ def test_train_reference_reads_the_index_in_order(corpus_items: list[np.ndarray]
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("step")) == ["step0", "step1", "step2", "step4", "step5"]
 
 
+def test_a_run_over_two_passes_with_a_partial_last_step_records_what_it_read(
+    corpus_items: list[np.ndarray], tmp_path: Path
+) -> None:
+    # 21 items, 2 passes, 4 per step: 42 items in 11 steps, the last reading 2. The run's schedule used to say
+    # 11 whole steps, so its exposures counted the first items of a third pass that was never trained on.
+    idx = _build_index(corpus_items[:21], tmp_path / "index", None)
+    out = train_reference(tmp_path / "index", tmp_path / "model", config=TINY, items_per_step=4, epochs=2.0,
+                          checkpoints=(0, 5, 11), seed=0, device="cpu", progress=False)
+    run = json.loads((out / "run.json").read_text())
+    rs = Schedule.from_dict(run["schedule"])
+    assert (rs.epoch_items, rs.num_steps, rs.total_items) == (21, 11, 42)
+    first = idx.tokens(*idx.item_bounds(0))[:3].tolist()
+    assert idx.count([first])[0] >= 1
+    assert rs.exposures(idx, [first]).sum() == 2 * idx.count([first])[0]
+
+
 def test_cli_train_reference_without_schedule(
     corpus_items: list[np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

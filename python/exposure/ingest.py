@@ -106,7 +106,7 @@ def _custom_schedule(
 ) -> Schedule:
     items_per_step = _require_items_per_step(items_per_step, what)
     num_steps = math.ceil(num_items / items_per_step)
-    return Schedule.custom(item_length, items_per_step, checkpoints, num_steps=num_steps)
+    return Schedule.custom(item_length, items_per_step, checkpoints, num_steps=num_steps, total_items=num_items)
 
 
 def _default_vocab(dtype: Any, tokenizer: LoadedTokenizer | None, vocab_size: int | None, reserve: int) -> int:

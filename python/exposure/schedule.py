@@ -23,6 +23,9 @@ trained at steps ``(t + p*epoch_tokens) // tokens_per_step`` for ``p = 0, 1, …
 
 The run ends after ``total_steps`` steps (default: the last checkpoint). Data trained at or after
 ``total_steps`` was never trained on: ``first_step`` is -1 for a phrase that only occurs there.
+``total_items`` (default ``total_steps × items_per_step``) is how many items the run read in all, for a
+run whose last step was partial: the data ran out in it (e.g. one pass over an index whose item count is
+not a multiple of the batch), so that step did not go on into a next pass.
 
 Presets (item length L, items per step B, checkpoints, where the numbers come from):
 
@@ -50,6 +53,7 @@ Presets (item length L, items per step B, checkpoints, where the numbers come fr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -137,7 +141,8 @@ PRESET_NAMES: tuple[str, ...] = tuple(_PRESETS)
 class Schedule:
     """How a training run consumed its token stream; see the module docstring for the conventions.
 
-    ``Schedule(name, item_length, items_per_step, checkpoints, epoch_items=None, total_steps=None)``.
+    ``Schedule(name, item_length, items_per_step, checkpoints, epoch_items=None, total_steps=None,
+    total_items=None)``.
     """
 
     name: str
@@ -146,6 +151,7 @@ class Schedule:
     checkpoints: tuple[int, ...]
     epoch_items: int | None = None
     total_steps: int | None = None
+    total_items: int | None = None
     _ckpt: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -164,6 +170,15 @@ class Schedule:
             raise ValueError(f"schedule {self.name!r}: epoch_items must be positive, got {self.epoch_items}")
         if self.total_steps is not None and self.total_steps < 0:
             raise ValueError(f"schedule {self.name!r}: total_steps must be >= 0, got {self.total_steps}")
+        if self.total_items is not None:
+            steps, b = self.num_steps, self.items_per_step
+            if not (steps - 1) * b < self.total_items <= steps * b:
+                raise ValueError(
+                    f"schedule {self.name!r}: total_items {self.total_items} does not end in the last of its "
+                    f"{steps} steps of {b} items (more than {(steps - 1) * b}, at most {steps * b})"
+                )
+            if self.total_items == steps * b:  # the default: one form for one run
+                object.__setattr__(self, "total_items", None)
         object.__setattr__(self, "_ckpt", np.asarray(ckpts, dtype=np.int64))
 
     # ------------------------------------------------------------------ construction
@@ -186,9 +201,12 @@ class Schedule:
         *,
         num_steps: int | None = None,
         epoch_items: int | None = None,
+        total_items: int | None = None,
         name: str = "custom",
     ) -> Schedule:
-        """A schedule for a run you describe. Without ``checkpoints``, uses :func:`log_checkpoints` of ``num_steps``."""
+        """A schedule for a run you describe. Without ``checkpoints``, uses :func:`log_checkpoints` of ``num_steps``.
+        ``total_items``: the items the run read, when that ends its last step early (kept only when the run is
+        ``num_steps`` long)."""
         if checkpoints is None:
             if num_steps is None:
                 raise ValueError("a custom schedule needs a checkpoint list or the number of steps")
@@ -196,7 +214,8 @@ class Schedule:
         total = num_steps if num_steps is not None else None
         if total is not None and checkpoints and total < max(checkpoints):
             total = None
-        return cls(name, item_length, items_per_step, tuple(checkpoints), epoch_items=epoch_items, total_steps=total)
+        return cls(name, item_length, items_per_step, tuple(checkpoints), epoch_items=epoch_items, total_steps=total,
+                   total_items=total_items if total is not None else None)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Schedule:
@@ -212,6 +231,7 @@ class Schedule:
                 checkpoints=tuple(int(c) for c in d["checkpoints"]),
                 epoch_items=None if d.get("epoch_items") is None else int(d["epoch_items"]),
                 total_steps=None if d.get("total_steps") is None else int(d["total_steps"]),
+                total_items=None if d.get("total_items") is None else int(d["total_items"]),
             )
         except KeyError as exc:
             raise ValueError(
@@ -236,12 +256,13 @@ class Schedule:
             "checkpoints": list(self.checkpoints),
             "epoch_items": self.epoch_items,
             "total_steps": self.total_steps,
+            "total_items": self.total_items,
             "tokens_per_step": self.tokens_per_step,
         }
 
     def with_epoch(self, epoch_items: int | None) -> Schedule:
         """The same schedule with ``epoch_items`` set (the items of one pass over the data)."""
-        return Schedule(self.name, self.item_length, self.items_per_step, self.checkpoints, epoch_items, self.total_steps)
+        return dataclasses.replace(self, epoch_items=epoch_items)
 
     # ------------------------------------------------------------------ arithmetic
     @property
@@ -252,6 +273,13 @@ class Schedule:
     def num_steps(self) -> int:
         """Steps in the run: ``total_steps``, or the last checkpoint when that is not given."""
         return self.total_steps if self.total_steps is not None else self.checkpoints[-1]
+
+    @property
+    def trained_tokens(self) -> int:
+        """Tokens the run read in all, every pass counted: ``total_items`` (or ``num_steps × items_per_step``)
+        items."""
+        items = self.total_items if self.total_items is not None else self.num_steps * self.items_per_step
+        return items * self.item_length
 
     @property
     def epoch_tokens(self) -> int | None:
@@ -302,8 +330,7 @@ class Schedule:
     def first_step(self, index: _Index, phrases: Sequence[Sequence[int]]) -> np.ndarray:
         """First-pass step at which each phrase was first trained on; -1 when never in the run."""
         pos = np.asarray(index.first_position(phrases), dtype=np.int64)
-        steps = np.where(pos >= 0, pos // self.tokens_per_step, -1)
-        steps[steps >= self.num_steps] = -1
+        steps = np.where((pos >= 0) & (pos < self.trained_tokens), pos // self.tokens_per_step, -1)
         return steps.astype(np.int64)
 
     def seen_by(self, index: _Index, phrases: Sequence[Sequence[int]], checkpoint: int) -> np.ndarray:
@@ -320,10 +347,11 @@ class Schedule:
         ``v % E`` (and at ``E``): one ``window_counts`` call, however many passes the run makes.
         Without repetition ``G(v) = F(min(v, num_tokens))``.
 
-        Returns (unique points u, starting at 0; the virtual boundaries v = [0, c_k * tokens_per_step];
+        Returns (unique points u, starting at 0; the virtual boundaries v = [0, min(c_k * tokens_per_step,
+        trained_tokens)];
         v's index into u; E, or 0 without repetition).
         """
-        virt = np.concatenate([[0], self.window_boundaries()]).astype(np.int64)
+        virt = np.minimum(np.concatenate([[0], self.window_boundaries()]), self.trained_tokens).astype(np.int64)
         et = self.epoch_tokens
         if et is not None and et > 0:
             limit = min(et, num_tokens)
@@ -361,6 +389,8 @@ class Schedule:
         ck = self.checkpoints
         shown = ", ".join(str(c) for c in ck[:6]) + (f", …, {ck[-1]}" if len(ck) > 6 else "")
         epoch = "" if self.epoch_items is None else f", one pass = {self.epoch_items:,} items"
+        if self.total_items is not None and self.total_items < self.num_steps * self.items_per_step:
+            epoch += f", {self.total_items:,} items in all (the last step partial)"
         return (
             f"{self.name}: {self.item_length} tokens/item × {self.items_per_step} items/step = "
             f"{self.tokens_per_step:,} tokens/step, {self.num_steps:,} steps, "

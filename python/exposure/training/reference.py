@@ -178,6 +178,7 @@ def train_reference(
         checkpoints=plan.checkpoints,
         epoch_items=len(source) if passes > 1 else (schedule.epoch_items if schedule is not None else None),
         total_steps=plan.total_steps,
+        total_items=plan.total_items,
     )
     data_info = {
         "id": manifest_sha256(index),
