@@ -76,6 +76,11 @@ def test_paradigms_for_union_and_errors() -> None:
         paradigms_for(paradigms=["npi_present_9"])
     with pytest.raises(ValueError, match="unknown BLiMP phenomenon"):
         paradigms_for(phenomena=["agreement"])
+    # a name of the other kind says which option takes it
+    with pytest.raises(ValueError, match="'npi_present_1' is a BLiMP paradigm, not a phenomenon: choose it with --paradigms"):
+        paradigms_for(phenomena=["npi_present_1"])
+    with pytest.raises(ValueError, match="'npi_licensing' is a BLiMP phenomenon, not a paradigm: choose it with --phenomena"):
+        paradigms_for(paradigms=["npi_licensing"])
 
 
 def test_read_jsonl_fields_and_normalized_field(tmp_path: Path) -> None:

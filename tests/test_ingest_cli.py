@@ -272,6 +272,12 @@ def test_bad_inputs_fail_cleanly(
     assert "say how the run batched the items" in capsys.readouterr().err
     _assert_nothing_written(out)
     monkeypatch.undo()
+    # a corpus of blank lines holds no text (it was told to use a smaller --item-length)
+    blank = write_text(tmp_path / "blank.txt", "\n  \n\n")
+    assert main(["build", str(blank), "--format", "text", "--out", str(out), "--tokenizer", str(TOKENIZER),
+                 "--item-length", "2", "--items-per-step", "1", "--no-progress"]) == 2
+    assert "the text sources (1 file(s)) hold no text" in capsys.readouterr().err
+    _assert_nothing_written(out)
     # an existing index is not overwritten without --overwrite
     args = ["build", str(src), "--format", "text", "--out", str(out), "--tokenizer", str(TOKENIZER),
             "--item-length", "2", "--items-per-step", "1", "--no-progress"]

@@ -155,11 +155,15 @@ def paradigms_for(
     if paradigms is not None:
         for p in paradigms:
             if p not in PARADIGMS:
+                if p in PHENOMENA:
+                    raise ValueError(f"{p!r} is a BLiMP phenomenon, not a paradigm: choose it with --phenomena")
                 raise ValueError(f"unknown BLiMP paradigm {p!r}; known paradigms: {', '.join(sorted(PARADIGMS))}")
             chosen.append(p)
     if phenomena is not None:
         for ph in phenomena:
             if ph not in PHENOMENA:
+                if ph in PARADIGMS:
+                    raise ValueError(f"{ph!r} is a BLiMP paradigm, not a phenomenon: choose it with --paradigms")
                 raise ValueError(f"unknown BLiMP phenomenon {ph!r}; known phenomena: {', '.join(PHENOMENA)}")
             chosen.extend(u for u, t in PARADIGMS.items() if t == ph)
     if paradigms is None and phenomena is None:

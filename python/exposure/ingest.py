@@ -312,6 +312,8 @@ def build(
             if reader.num_items == 0:
                 if cache_dir is not None:
                     shutil.rmtree(cache_dir, ignore_errors=True)
+                if reader.total_doc_tokens == 0:
+                    raise CorpusError(f"the text sources ({len(paths)} file(s)) hold no text")
                 raise CorpusError(
                     f"the text holds {reader.total_doc_tokens} tokens, fewer than one item of {data_len}; use a smaller --item-length"
                 )

@@ -19,7 +19,8 @@ def register(subparsers: Any) -> None:
             "Tokenize each phrase with the index's own tokenizer and report how often it occurs in the "
             "training data, the first optimizer step that trained on it, the first checkpoint that has seen "
             "it (checkpoint S has been trained on steps 0..S-1), and the new exposures in each checkpoint "
-            "window. A phrase is looked up as it appears inside running text, i.e. after a space "
+            "window ('trained': their sum, every pass over the data counted, so above 'count' when the run "
+            "read the data more than once). A phrase is looked up as it appears inside running text, i.e. after a space "
             "(' these dogs'), unless it starts with whitespace or --as-written is given."
         ),
     )
