@@ -4,6 +4,8 @@ hypothesis-generated streams, with and without item boundaries, in one and sever
 from __future__ import annotations
 
 import json
+import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -442,6 +444,28 @@ def test_item_of_takes_one_offset_or_an_array(tmp_path):
             idx.item_of(-1)
         with pytest.raises(ValueError, match="offsets must be integers, not float64"):
             idx.item_of([1.0])
+
+
+def test_a_closed_index_says_so(tmp_path):
+    stream = np.array([1, 2, 3, 1, 2, 3, 4, 1, 2], dtype=np.uint16)
+    exposure.build_index(stream, tmp_path / "ix", vocab_size=5, item_starts=[0, 2, 7], progress=False)
+    def mapped() -> bool:  # the index's files among this process's memory maps
+        return str(tmp_path / "ix") in Path("/proc/self/maps").read_text()
+
+    with exposure.Index(tmp_path / "ix") as idx:
+        assert idx.count([[1, 2]]).tolist() == [3]
+        assert mapped()
+    assert not mapped()
+    assert repr(idx).endswith("closed)")
+    calls = [lambda: idx.count([[1, 2]]), lambda: idx.first_position([[1]]), lambda: idx.window_counts([[1]], [0, 9]),
+             lambda: idx.positions([1]), lambda: idx.tokens(0, 2), lambda: idx.context(3), lambda: idx.item_of(3),
+             lambda: idx.item_bounds(0), lambda: idx.add_windows("w", [0, 4]), lambda: idx.threads,
+             lambda: pickle.dumps(idx)]
+    for call in calls:
+        with pytest.raises(ValueError, match=f"index {re.escape(str(tmp_path / 'ix'))} is closed"):
+            call()
+    idx.close()  # twice is fine
+    assert idx.num_tokens == 9 and idx.metadata == {}  # the description stays
 
 
 def test_vocabulary_size_errors_say_what_is_wrong(tmp_path):

@@ -853,6 +853,16 @@ def _reopen(path: str, threads: int) -> Index:
     return Index(path, threads=threads)
 
 
+class _ClosedCore:
+    """Stands in for the engine object of a closed :class:`Index`: any use says so (the open path pays nothing)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def __getattr__(self, name: str) -> Any:
+        raise ValueError(f"index {self._path} is closed")
+
+
 class Index:
     """A built index, memory-mapped read-only. Safe to share between threads and processes (it pickles as its
     path: a process that unpickles it opens the same files)."""
@@ -911,6 +921,7 @@ class Index:
                     raise IndexFileError(f"index file {f} is truncated or altered: {size} bytes, the manifest says {rec['bytes']}")
                 if verify and f"{_core.hash_file(str(f)):016x}" != rec["xxh64"]:
                     raise IndexFileError(f"index file {f} fails its checksum")
+        self._closed = False
         self._core = _core.Index([str(self.path / s["dir"]) for s in shards], self.vocab_size,
                                  self.dtype.itemsize, _resolve_threads(threads))
         if self._core.num_tokens != self.num_tokens:
@@ -938,12 +949,32 @@ class Index:
     def threads(self, n: int) -> None:
         self._core.threads = _resolve_threads(n)
 
+    def close(self) -> None:
+        """Unmaps the index files now (otherwise when the object is collected); later queries raise
+        ``ValueError``. Also ``with exposure.Index(path) as idx: ...``. Closing twice is fine."""
+        self._core = _ClosedCore(self.path)
+        self._item_starts = None
+        self._closed = True
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"index {self.path} is closed")
+
     def __reduce__(self) -> tuple[Any, ...]:
+        self._check_open()
         # Pickled as its path (e.g. sent to worker processes): the other process maps the same files, nothing is
         # copied. The path is made absolute, since a worker may not share the working directory.
         return (_reopen, (str(self.path.absolute()), self.threads))
 
     def __repr__(self) -> str:
+        if self._closed:
+            return f"Index({str(self.path)!r}, closed)"
         return (f"Index({str(self.path)!r}: {self.num_tokens:,} {self.dtype.name} tokens, {self.num_items:,} items, "
                 f"vocabulary {self.vocab_size:,}, {self.num_shards} shard(s))")
 
@@ -1070,6 +1101,7 @@ class Index:
     def item_of(self, offset: int | Sequence[int] | np.ndarray) -> int | np.ndarray:
         """The item holding each stream offset: an int for an int, an int64 array for an array (e.g. of
         :meth:`positions`)."""
+        self._check_open()
         arr = np.asarray(offset)
         if arr.dtype.kind not in "iu" and arr.size:
             raise ValueError(f"offsets must be integers, not {arr.dtype}")
@@ -1086,6 +1118,7 @@ class Index:
 
     def item_bounds(self, i: int) -> tuple[int, int]:
         """(start, end) stream offsets of item i."""
+        self._check_open()
         if not 0 <= i < self.num_items:
             raise ValueError(f"item {i} is outside [0, {self.num_items})")
         if self._item_starts is not None:
