@@ -452,6 +452,34 @@ def test_bad_inputs_are_refused(neox: dict[str, Any], tmp_path: Path) -> None:
         evaluate_run(table, cut, tmp_path / "h", device="cpu", progress=False)
 
 
+def test_a_reference_run_is_refused_pairs_counted_in_another_stream(neox: dict[str, Any], tmp_path: Path) -> None:
+    # Nothing tied a train-reference run to the splits: pairs whose exposures came from another index (or steps
+    # of another batch size) were scored, and their proxy splits silently described some other training.
+    from exposure.training.loop import RUN_FORMAT
+
+    run = make_run(tmp_path / "run", "gpt_neox", NEOX, steps=(0,))
+    schedule = {"name": "custom", "item_length": 8, "items_per_step": 4, "checkpoints": [0], "tokens_per_step": 32}
+    trained = {"format": RUN_FORMAT, "data": {"num_tokens": 1000, "index_path": "/data/a"}, "schedule": schedule}
+    (run / "run.json").write_text(json.dumps(trained))
+    table = neox["table"].slice(0, 4)
+
+    def counted(tokens: int, per_step: int) -> pa.Table:
+        meta = {**table.schema.metadata, b"exposure.index": b"/data/b", b"exposure.index_tokens": str(tokens).encode(),
+                b"exposure.schedule": json.dumps({**schedule, "tokens_per_step": per_step}).encode()}
+        return table.replace_schema_metadata(meta)
+
+    with pytest.raises(EvalError, match=r"trained on an index of 1,000 tokens \(/data/a\), but the exposures in the "
+                                        r"pairs table were counted in one of 2,000 \(/data/b\)"):
+        evaluate_run(counted(2000, 32), run, tmp_path / "a", device="cpu", progress=False)
+    with pytest.raises(EvalError, match="trained on 32 tokens per step, but the steps in the pairs table are of 64"):
+        evaluate_run(counted(1000, 64), run, tmp_path / "b", device="cpu", progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert evaluate_run(counted(1000, 32), run, tmp_path / "c", device="cpu", progress=False).checkpoints == (0,)
+    # folders of another trainer (no train-reference run.json) are not checked
+    (run / "run.json").write_text(json.dumps({"format": "someone-else", "data": {"num_tokens": 1}}))
+    assert evaluate_run(counted(2000, 64), run, tmp_path / "d", device="cpu", progress=False).checkpoints == (0,)
+
+
 def test_cli_eval(neox: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
     argv = ["eval", "--pairs", str(neox["pairs"]), "--run", str(neox["run"]), "--out", str(out),

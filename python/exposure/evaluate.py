@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -110,6 +111,42 @@ def _resolve_checkpoints(run: Run, requested: Sequence[int] | None, pairs: Pairs
     return steps
 
 
+def check_trained_on_the_pairs_stream(run: Run, source: PairsSource) -> None:
+    """A run made by ``exposure train-reference`` (its ``run.json``) must have been trained on the token stream the
+    pairs' exposures were counted in, at the same tokens per step: otherwise their proxy splits say nothing about
+    its training. Compared where both sides record it (the stream's token count, the schedule's tokens per step);
+    other runs (a hub id, folders of another trainer) are not checked."""
+    from exposure.training.loop import RUN_FORMAT
+
+    path = None if run.root is None else run.root / "run.json"
+    if path is None or not path.is_file():
+        return
+    try:
+        trained = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(trained, dict) or trained.get("format") != RUN_FORMAT:
+        return
+    data, where = trained.get("data") or {}, source.path if source.path is not None else "the pairs table"
+    counted = source.metadata.get(b"exposure.index_tokens")
+    if counted and data.get("num_tokens") is not None and int(counted) != int(data["num_tokens"]):
+        index = source.metadata.get(b"exposure.index", b"").decode()
+        raise EvalError(
+            f"{run.name} was trained on an index of {int(data['num_tokens']):,} tokens ({data.get('index_path')}), "
+            f"but the exposures in {where} were counted in one of {int(counted):,} ({index}): its proxy splits do "
+            "not describe this run's training; make the splits from the run's index"
+        )
+    schedule, run_schedule = source.metadata.get(b"exposure.schedule"), trained.get("schedule")
+    if schedule and isinstance(run_schedule, dict):
+        per_step, run_per_step = json.loads(schedule).get("tokens_per_step"), run_schedule.get("tokens_per_step")
+        if per_step is not None and run_per_step is not None and int(per_step) != int(run_per_step):
+            raise EvalError(
+                f"{run.name} trained on {int(run_per_step):,} tokens per step, but the steps in {where} are of "
+                f"{int(per_step):,}: its first-exposure steps are not this run's; make the splits with the run's "
+                "schedule"
+            )
+
+
 class _TokenizerGate:
     """Checks each checkpoint's tokenizer file once per distinct content against the pairs' tokenizer."""
 
@@ -171,9 +208,12 @@ def evaluate_run(
     is a re-serialized copy (see :func:`exposure.scoring.pairs.check_tokenizer`). ``prefix_token_id``
     overrides the tokenizer's BOS/EOS.
     ``on_batch(step, i)`` is called after each batch. Returns :func:`load_results` of ``out_dir``.
+    A ``train-reference`` run is checked against the stream the pairs were counted in
+    (:func:`check_trained_on_the_pairs_stream`).
     """
     source = read_pairs(pairs)
     run_ = open_run(run)
+    check_trained_on_the_pairs_stream(run_, source)
     steps = _resolve_checkpoints(run_, checkpoints, source)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)

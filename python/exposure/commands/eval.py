@@ -27,7 +27,9 @@ def register(subparsers: Any) -> None:
             "Score the minimal pairs of an `exposure splits` table at every checkpoint of a pre-training run: "
             "summed log-probabilities (lm-evaluation-harness convention), critical-token log-probabilities, "
             "hidden states at the critical token and attention critical -> context token. Results are written "
-            "per checkpoint; rerunning with the same --out resumes and never recomputes a finished checkpoint."
+            "per checkpoint; rerunning with the same --out resumes and never recomputes a finished checkpoint. "
+            "The run's tokenizer must be the pairs' one; a run of `exposure train-reference` must have been "
+            "trained on the index (and tokens per step) the splits were made with."
         ),
     )
     parser.add_argument("--pairs", required=True, type=Path, help="pairs table (splits.parquet)")
