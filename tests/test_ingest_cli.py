@@ -100,6 +100,7 @@ def test_pythia_build_query_info(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
     assert TOKENIZER_NAME in info and "custom: 2049 tokens/item × 2 items/step" in info and "pile.bin" in info
+    assert "6 items of 2,049 tokens each" in info
     assert main(["info", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["items"] == 6
 

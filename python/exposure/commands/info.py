@@ -28,8 +28,12 @@ def _human(n: float | None, unit: str = "B") -> str:
 
 def format_info(d: dict[str, Any]) -> str:
     lines = [f"index        {d['path']}"]
-    item = f"{d['item_length']:,} tokens each" if d.get("item_length") else "of varying length"
-    lines.append(f"tokens       {d['tokens']:,} ({d['token_dtype']}), {d['items']:,} items {item}")
+    one = d["items"] == 1
+    if d.get("item_length"):
+        item = f"of {d['item_length']:,} tokens" if one else f"of {d['item_length']:,} tokens each"
+    else:
+        item = "" if one else "of varying length"
+    lines.append(f"tokens       {d['tokens']:,} ({d['token_dtype']}), {d['items']:,} item{'' if one else 's'} {item}".rstrip())
     lines.append(f"vocabulary   {d['vocab_size']:,} ids (separator {d['vocab_size']})")
     lines.append(
         f"on disk      {_human(d.get('bytes_on_disk'))} in {d['shards']} shard(s), "
