@@ -201,8 +201,13 @@ def test_cli_errors_are_clear(tmp_path, capsys) -> None:
     assert "--splits" in capsys.readouterr().err
     assert cli.main(base + ["--splits", str(splits), "--before", "7"]) == 2
     assert "no hidden states at step 7" in capsys.readouterr().err
-    assert cli.main(base + ["--splits", str(splits), "--threshold", "1.5"]) == 2
-    assert "--threshold" in capsys.readouterr().err
+    # every option is named as it is typed (--min-pairs said "min_pairs"; a negative --seed said only
+    # "expected non-negative integer", from numpy)
+    for option, value in (("--threshold", "1.5"), ("--min-pairs", "0"), ("--max-concept-pairs", "1"), ("--seed", "-1"),
+                          ("--n-boot", "-1"), ("--top-k", "0")):
+        assert cli.main(base + ["--splits", str(splits), option, value]) == 2
+        assert f"error: {option} must be" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
     # an evaluation whose pairs are not in the splits table
     other = tmp_path / "other"
     other_splits, _ = write_synthetic(other, SyntheticSpec(phenomena=("zzz",), pairs_per_phenomenon=3, steps=(0,)))

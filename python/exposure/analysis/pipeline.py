@@ -61,9 +61,11 @@ def analyze(
     if n_boot < 0:
         raise ValueError(f"--n-boot must be >= 0, got {n_boot}")
     if min_pairs < 1:
-        raise ValueError(f"min_pairs must be >= 1, got {min_pairs}")
+        raise ValueError(f"--min-pairs must be >= 1, got {min_pairs}")
     if max_concept_pairs < 2:
-        raise ValueError(f"max_concept_pairs must be >= 2, got {max_concept_pairs}")
+        raise ValueError(f"--max-concept-pairs must be >= 2, got {max_concept_pairs}")
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {seed}")
     data = load_eval(splits_path, eval_dir, progress=progress)
     concepts_mod.check_user_checkpoints(data.state_files, before, after)  # before anything is written
     if data.attention_files:
