@@ -273,6 +273,13 @@ def test_bad_inputs_fail_cleanly(
     assert "say how the run batched the items" in capsys.readouterr().err
     _assert_nothing_written(out)
     monkeypatch.undo()
+    # a zero memory budget is an argument error (it said "memory_budget_bytes must be positive")
+    with pytest.raises(SystemExit) as exited:
+        main(["build", str(src), "--format", "text", "--out", str(out), "--tokenizer", str(TOKENIZER),
+              "--item-length", "2", "--items-per-step", "1", "--memory-budget", "0", "--no-progress"])
+    assert exited.value.code == 2
+    assert "argument --memory-budget: expected a positive size (8G, 512M), got '0'" in capsys.readouterr().err
+    _assert_nothing_written(out)
     # a corpus of blank lines holds no text (it was told to use a smaller --item-length)
     blank = write_text(tmp_path / "blank.txt", "\n  \n\n")
     assert main(["build", str(blank), "--format", "text", "--out", str(out), "--tokenizer", str(TOKENIZER),

@@ -15,9 +15,12 @@ def _size(text: str) -> int:
     from exposure.engine import parse_size
 
     try:
-        return parse_size(text)
+        size = parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size (8G, 512M), got {text!r}")
+    return size
 
 
 def _checkpoints(text: str) -> tuple[int, ...]:
