@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from exposure.cli import UserError, positive_int
+from exposure.cli import UserError, non_negative_int, positive_int
 from exposure.readers import CorpusError
 from exposure.schedule import PRESET_NAMES, parse_checkpoints
 
@@ -65,7 +65,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--checkpoints", type=_checkpoints, default=None,
                    help="custom schedule: checkpoint steps, e.g. '0,1,2,4,8' or '0:1000:100' (default 0,1,2,4,…,last)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--seed", type=int, default=0, help="text: document shuffle seed (default 0)")
+    g.add_argument("--seed", type=non_negative_int, default=0, help="text: document shuffle seed (default 0)")
     g.add_argument("--no-shuffle", action="store_true", help="text: keep documents in file order")
     p.add_argument("--text-field", default="text", help="jsonl field / parquet column holding the text (default text)")
     p.add_argument("--text-unit", choices=["line", "paragraph"], default="line",
