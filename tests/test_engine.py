@@ -4,6 +4,7 @@ hypothesis-generated streams, with and without item boundaries, in one and sever
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import shutil
@@ -738,6 +739,54 @@ def test_parts_built_separately_assemble_into_one_index(tmp_path, variable_items
     oracle = Oracle(stream, starts)
     check_all(idx, oracle, phrases_for(stream, rng, 60, 6), [windows["w"], [0, 9000]])
     exposure.Index(tmp_path / "all", verify=True)
+
+
+def test_a_failed_assemble_leaves_the_parts_whole(tmp_path, monkeypatch):
+    # The parts' shards are moved, not copied. A move that failed half-way (say, a part on another file system)
+    # left the earlier parts' shards in OUT.partial, and the next attempt cleared OUT.partial: they were lost.
+    stream = (np.arange(900, dtype=np.uint16) * 7) % 5
+    for k, a in enumerate([0, 300, 600]):
+        with exposure.IndexBuilder(tmp_path / f"p{k}", dtype=np.uint16, vocab_size=5, stream_start=a,
+                                   progress=False, threads=1, shard_tokens=160) as b:
+            b.add(stream[a : a + 300], item_length=100)
+            b.finish()
+    parts = [tmp_path / f"p{k}" for k in range(3)]
+    real_replace = os.replace
+
+    def failing(src, dst):  # type: ignore[no-untyped-def]
+        if Path(src).parent == parts[1]:
+            raise OSError(18, "Invalid cross-device link")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(exposure.engine.os, "replace", failing)
+    with pytest.raises(OSError, match="the parts must be on the file system of OUT"):
+        exposure.assemble_index(parts, tmp_path / "all")
+    monkeypatch.undo()
+    assert not (tmp_path / "all").exists()
+    exposure.Index(parts[0], verify=True)  # every shard back in its part
+    idx = exposure.assemble_index(parts, tmp_path / "all")
+    assert not (tmp_path / "all" / "assemble-moves.json").exists()
+    check_all(idx, Oracle(stream, np.arange(0, 900, 100)), phrases_for(stream, np.random.default_rng(3), 30, 5),
+              [[0, 450, 900]])
+
+
+def test_an_assemble_killed_while_moving_is_undone_by_the_next(tmp_path):
+    stream = (np.arange(600, dtype=np.uint16) * 3) % 5
+    for k, a in enumerate([0, 300]):
+        with exposure.IndexBuilder(tmp_path / f"p{k}", dtype=np.uint16, vocab_size=5, stream_start=a,
+                                   progress=False, threads=1, shard_tokens=160) as b:
+            b.add(stream[a : a + 300], item_length=100)
+            b.finish()
+    parts = [tmp_path / "p0", tmp_path / "p1"]
+    # what a kill after the first move leaves: the journal of the moves, one shard moved
+    partial = tmp_path / "all.partial"
+    partial.mkdir()
+    shard = json.loads((parts[0] / "manifest.json").read_text())["shards"][0]["dir"]
+    (partial / "assemble-moves.json").write_text(json.dumps([[str(parts[0] / shard), str(partial / "shard-00000")]]))
+    os.replace(parts[0] / shard, partial / "shard-00000")
+    idx = exposure.assemble_index(parts, tmp_path / "all")
+    check_all(idx, Oracle(stream, np.arange(0, 600, 100)), phrases_for(stream, np.random.default_rng(4), 30, 5),
+              [[0, 600]])
 
 
 def test_assemble_rejects_gaps(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -767,8 +768,10 @@ def build_index(
 def assemble_index(parts: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str]) -> Index:
     """Gathers index parts built separately (e.g. on many machines, each with an
     ``IndexBuilder(..., stream_start=...)`` over consecutive whole items of one stream) under one
-    manifest. The parts' shard directories are moved into ``out_dir``; the parts must be
-    contiguous, start at stream offset 0 and agree on dtype, vocabulary and window structures."""
+    manifest. The parts' shard directories are moved into ``out_dir`` (so the parts must be on its file
+    system); the parts must be contiguous, start at stream offset 0 and agree on dtype, vocabulary and window
+    structures. A failed or interrupted assemble moves the shards back to their parts (the next attempt does,
+    after a kill), so it can be run again."""
     out = Path(out_dir)
     if out.exists():
         raise FileExistsError(f"{out} already exists")
@@ -798,6 +801,9 @@ def assemble_index(parts: Sequence[str | os.PathLike[str]], out_dir: str | os.Pa
     whole = all(m["token_count"] % m["items"]["length"] == 0 for _, m in loaded[:-1]) if None not in lengths else False
     with build_lock(out):  # not while another build writes OUT; what an earlier attempt left is cleared
         partial = _partial_dir(out)
+        journal = partial / _ASSEMBLE_JOURNAL
+        if journal.is_file():  # an attempt killed while moving shards: they go back to their parts first
+            _move_back([(Path(a), Path(b)) for a, b in json.loads(journal.read_text())])
         for stale in partial.iterdir():
             if stale.is_dir():
                 shutil.rmtree(stale)
@@ -815,12 +821,25 @@ def assemble_index(parts: Sequence[str | os.PathLike[str]], out_dir: str | os.Pa
                     starts.append(m.get("stream_start", 0) + np.arange(it["count"], dtype=np.int64) * it["length"])
             np.save(partial / "items.npy", np.concatenate(starts))
             items = {"count": int(sum(s.size for s in starts)), "starts_file": "items.npy"}
-        shards = []
+        shards, moves = [], []
         for path, m in loaded:
             for rec in m["shards"]:
                 name = f"shard-{len(shards):05d}"
-                os.replace(path / rec["dir"], partial / name)
+                moves.append((path / rec["dir"], partial / name))
                 shards.append({**rec, "dir": name})
+        write_json_atomic(journal, [[str(a), str(b)] for a, b in moves])
+        done: list[tuple[Path, Path]] = []
+        try:
+            for src, dst in moves:
+                os.replace(src, dst)
+                done.append((src, dst))
+        except BaseException as exc:
+            _move_back(done)
+            journal.unlink()
+            if isinstance(exc, OSError) and exc.errno == errno.EXDEV:
+                raise OSError(errno.EXDEV, f"cannot move {src} into {partial}: the parts must be on the file system "
+                              "of OUT (their shards are moved, not copied)") from exc
+            raise
         cuts = [m["max_phrase_tokens"] for _, m in loaded if m.get("max_phrase_tokens")]
         manifest = {
             **{k: first[k] for k in ("format", "format_version", "token_dtype", "vocab_size", "separator", "windows")},
@@ -842,7 +861,18 @@ def assemble_index(parts: Sequence[str | os.PathLike[str]], out_dir: str | os.Pa
         write_json_atomic(partial / MANIFEST, manifest)
         os.replace(partial, out)
         _fsync_dir(out.parent)
+        (out / _ASSEMBLE_JOURNAL).unlink()
     return Index(out)
+
+
+_ASSEMBLE_JOURNAL = "assemble-moves.json"  # (part shard, OUT.partial shard) pairs, written before the moves
+
+
+def _move_back(moves: Sequence[tuple[Path, Path]]) -> None:
+    """Returns moved shard directories to their parts (last first); a part's directory taken again is left be."""
+    for src, dst in reversed(moves):
+        if dst.exists() and not src.exists():
+            os.replace(dst, src)
 
 
 # --------------------------------------------------------------------------------------------
