@@ -611,19 +611,26 @@ def test_tiled_logsumexp_recovers_from_overflow(monkeypatch: pytest.MonkeyPatch)
         torch.testing.assert_close(forward.logsumexp_rows(head, hidden), want, rtol=0, atol=2e-5)
 
 
+_KERNEL_ISAS = _core.OutputHead.isas() or ["avx2"]  # the versions of the kernel this CPU runs (none: skipped)
+
+
 @pytest.mark.skipif(not _core.OutputHead.supported(), reason="the C++ kernel needs x86-64 with AVX2 and FMA")
 @pytest.mark.parametrize("vocab,dim", [(1, 3), (17, 1), (2500, 16), (50304, 64)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_cpu_kernel_equals_logsumexp(vocab: int, dim: int, bias: bool) -> None:
-    """The C++ kernel (used for float32 heads on the CPU) against float64 logsumexp, through logsumexp_rows."""
+@pytest.mark.parametrize("isa", _KERNEL_ISAS)
+def test_cpu_kernel_equals_logsumexp(vocab: int, dim: int, bias: bool, isa: str) -> None:
+    """The C++ kernel (used for float32 heads on the CPU), each version this CPU runs, against float64 logsumexp,
+    through logsumexp_rows."""
     from exposure.scoring import forward
 
     torch.manual_seed(3)
     head = torch.nn.Linear(dim, vocab, bias=bias)
-    hidden = torch.randn(103, dim) * 3  # 17 tiles of 6 rows + 1, two tasks of 96 rows
+    hidden = torch.randn(103, dim) * 3  # 17 tiles of 6 rows (8 of 12) + 1, two tasks of 96 rows
     with torch.inference_mode():
         kernel = forward.cpu_output_head(head)
         assert kernel is not None and (kernel.vocab, kernel.dim) == (vocab, dim)
+        assert kernel.isa == _KERNEL_ISAS[-1]  # the widest by default
+        kernel.isa = isa
         want = torch.logsumexp(head(hidden).double(), dim=1).float()
         got = forward.logsumexp_rows(head, hidden, kernel)
         torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
@@ -632,7 +639,8 @@ def test_cpu_kernel_equals_logsumexp(vocab: int, dim: int, bias: bool) -> None:
 
 
 @pytest.mark.skipif(not _core.OutputHead.supported(), reason="the C++ kernel needs x86-64 with AVX2 and FMA")
-def test_cpu_kernel_overflow_and_nan_rows() -> None:
+@pytest.mark.parametrize("isa", _KERNEL_ISAS)
+def test_cpu_kernel_overflow_and_nan_rows(isa: str) -> None:
     """A logit far above a row's first 128 is computed exactly; a NaN hidden state gives NaN, not a number."""
     from exposure.scoring import forward
 
@@ -645,6 +653,9 @@ def test_cpu_kernel_overflow_and_nan_rows() -> None:
         want = torch.logsumexp(head(hidden).double(), dim=1).float()
         assert float(want[5]) > 150
         kernel = forward.cpu_output_head(head)
+        with pytest.raises(ValueError, match="isa must be 'avx2' or 'avx512'"):
+            kernel.isa = "neon"
+        kernel.isa = isa
         torch.testing.assert_close(forward.logsumexp_rows(head, hidden, kernel), want, rtol=0, atol=2e-5)
         hidden[7, 3] = float("nan")
         got = forward.logsumexp_rows(head, hidden, kernel)

@@ -208,7 +208,19 @@ PYBIND11_MODULE(_core, m) {
            py::arg("weight"), py::arg("bias") = py::none())
       .def_property_readonly("vocab", &OutputHead::vocab)
       .def_property_readonly("dim", &OutputHead::dim)
-      .def_static("supported", &OutputHead::supported)
+      .def_static("supported", py::overload_cast<>(&OutputHead::supported))
+      .def_property(
+          "isa", [](const OutputHead& head) { return head.isa() == Isa::avx512 ? "avx512" : "avx2"; },
+          [](OutputHead& head, const std::string& name) {
+            if (name != "avx2" && name != "avx512") throw std::invalid_argument("isa must be 'avx2' or 'avx512'");
+            head.set_isa(name == "avx512" ? Isa::avx512 : Isa::avx2);
+          })
+      .def_static("isas", [] {
+        std::vector<std::string> out;
+        if (OutputHead::supported(Isa::avx2)) out.emplace_back("avx2");
+        if (OutputHead::supported(Isa::avx512)) out.emplace_back("avx512");
+        return out;
+      })
       .def(
           "logsumexp",
           [](const OutputHead& head, const CArray<float>& hidden, unsigned threads) {

@@ -399,12 +399,13 @@ void test_many_shards() {
   for (const auto& d : dirs) fs::remove_all(d);
 }
 
-// The logsumexp kernel against a double-precision reference: ragged vocabularies (panel padding),
-// any dimension, row counts around the 6-row tiles and 96-row tasks, with and without bias; a
-// logit far above each row's first 128 (exact path), a NaN row, -inf bias entries.
-void test_output_head_logsumexp() {
-  if (!OutputHead::supported()) {
-    std::printf("(logsumexp kernel not supported on this CPU: skipped)\n");
+// The logsumexp kernel against a double-precision reference, each version this CPU runs: ragged
+// vocabularies (panel padding, an odd panel count), any dimension, row counts around the 6- and
+// 12-row tiles and 96-row tasks, with and without bias; a logit far above each row's first 128
+// (exact path), a NaN row, -inf bias entries.
+void test_output_head_logsumexp(Isa isa) {
+  if (!OutputHead::supported(isa)) {
+    std::printf("(logsumexp kernel %s not supported on this CPU: skipped)\n", isa == Isa::avx512 ? "avx512" : "avx2");
     return;
   }
   std::mt19937_64 rng(23);
@@ -424,7 +425,7 @@ void test_output_head_logsumexp() {
   };
   for (size_t vocab : {1ull, 15ull, 16ull, 17ull, 129ull, 1100ull, 2500ull})
     for (size_t dim : {1ull, 7ull, 64ull})
-      for (size_t rows : {0ull, 1ull, 5ull, 6ull, 7ull, 97ull, 200ull})
+      for (size_t rows : {0ull, 1ull, 5ull, 6ull, 7ull, 12ull, 13ull, 97ull, 200ull})
         for (bool bias : {false, true}) {
           std::vector<float> w(vocab * dim), b(bias ? vocab : 0), h(rows * dim), out(rows, 0.f);
           for (auto& x : w) x = normal(rng) * 0.5f;
@@ -435,6 +436,8 @@ void test_output_head_logsumexp() {
             for (size_t k = 0; k < dim; ++k) w[(vocab - 1) * dim + k] = 300.f * h[3 * dim + k] / (4.f * float(dim));
           }
           OutputHead head(w.data(), vocab, dim, bias ? b.data() : nullptr);
+          head.set_isa(isa);
+          CHECK(head.isa() == isa);
           head.logsumexp(h.data(), rows, out.data(), 2);
           for (size_t i = 0; i < rows; ++i) {
             const double want = reference(w, b, h.data() + i * dim, vocab, dim);
@@ -455,12 +458,31 @@ void test_output_head_logsumexp() {
   for (auto& x : h) x = normal(rng);
   std::fill(b.begin(), b.begin() + 128, -std::numeric_limits<float>::infinity());
   OutputHead masked(w.data(), vocab, dim, b.data());
+  masked.set_isa(isa);
   masked.logsumexp(h.data(), rows, out.data(), 2);
   for (size_t i = 0; i < rows; ++i) CHECK(std::abs(out[i] - reference(w, b, h.data() + i * dim, vocab, dim)) <= 2e-5);
   std::fill(b.begin(), b.end(), -std::numeric_limits<float>::infinity());
   OutputHead all_masked(w.data(), vocab, dim, b.data());
+  all_masked.set_isa(isa);
   all_masked.logsumexp(h.data(), rows, out.data(), 2);
   for (size_t i = 0; i < rows; ++i) CHECK(out[i] == -std::numeric_limits<float>::infinity());
+}
+
+// A head runs the widest version the CPU has; one the CPU lacks cannot be chosen.
+void test_output_head_default_isa() {
+  if (!OutputHead::supported()) return;
+  const std::vector<float> w(32, 0.5f);
+  OutputHead head(w.data(), 8, 4, nullptr);
+  CHECK(head.isa() == (OutputHead::supported(Isa::avx512) ? Isa::avx512 : Isa::avx2));
+  if (!OutputHead::supported(Isa::avx512)) {
+    bool threw = false;
+    try {
+      head.set_isa(Isa::avx512);
+    } catch (const std::runtime_error&) {
+      threw = true;
+    }
+    CHECK(threw && head.isa() == Isa::avx2);
+  }
 }
 
 int main() {
@@ -472,7 +494,9 @@ int main() {
   test_wavelet_levels();
   test_shard_queries_and_errors();
   test_many_shards();
-  test_output_head_logsumexp();
+  test_output_head_logsumexp(Isa::avx2);
+  test_output_head_logsumexp(Isa::avx512);
+  test_output_head_default_isa();
   std::printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
   return g_failures == 0 ? 0 : 1;
 }

@@ -16,6 +16,9 @@
 
 namespace exposure {
 
+// The instruction sets the kernel has a version for.
+enum class Isa { avx2, avx512 };
+
 class OutputHead {
  public:
   // weight: [vocab, dim] row-major; bias: [vocab] or nullptr.
@@ -28,17 +31,25 @@ class OutputHead {
   size_t vocab() const { return vocab_; }
   size_t dim() const { return dim_; }
 
-  // The kernel needs x86-64 with AVX2 and FMA (checked at run time).
+  // The version logsumexp runs: the widest this CPU has (AVX-512 where present, else AVX2), or the one set
+  // (tests run both; set_isa throws std::runtime_error for one the CPU lacks).
+  Isa isa() const { return isa_; }
+  void set_isa(Isa isa);
+
+  // The kernel needs x86-64 with AVX2 and FMA (checked at run time); supported(isa): that version.
   static bool supported();
+  static bool supported(Isa isa);
 
  private:
   void block(const float* hidden, size_t rows, float* out) const;
+  void block512(const float* hidden, size_t rows, float* out) const;
   float exact(const float* h) const;
   float weight(size_t v, size_t k) const;
 
   size_t vocab_, dim_, panels_;
-  std::vector<float> w_;  // [panel][dim][16]: 16 vocabulary columns per panel, zero-padded
+  std::vector<float> w_;  // [panel][dim][16]: 16 vocabulary columns per panel, zero-padded, to an even panel count
   std::vector<float> b_;  // [panel * 16]; padding columns -inf
+  Isa isa_;
 };
 
 }  // namespace exposure
