@@ -216,6 +216,19 @@ def test_a_one_pass_run_with_a_partial_last_step_trains_each_occurrence_once(toy
         Schedule.custom(4, 3, num_steps=3, total_items=10)
 
 
+def test_an_index_of_items_of_varying_length_takes_no_schedule(tmp_path: Path) -> None:
+    # Steps are counted in tokens (item_length x items_per_step): over items of varying length every step would be
+    # wrong. check_index used to let such an index pass (it compared a uniform item length only).
+    ragged = exposure.build_index(np.arange(40, dtype=np.uint16) % 7, tmp_path / "ragged", vocab_size=7,
+                                  item_starts=[0, 3, 20], progress=False)
+    with pytest.raises(ValueError, match="has items of varying length, so no step schedule applies"):
+        Schedule("s", 4, 2, (0, 1)).check_index(ragged)
+    uniform = small_index(list(range(7)) * 4, tmp_path / "uniform", vocab_size=7, item_length=4)
+    Schedule("s", 4, 2, (0, 1)).check_index(uniform)
+    with pytest.raises(ValueError, match="has items of 4"):
+        Schedule("s", 5, 2, (0, 1)).check_index(uniform)
+
+
 def test_window_structures_for_persisting(toy_index: exposure.Index) -> None:
     s = Schedule("toy", 4, 2, (0, 1, 2, 4, 6, 8), epoch_items=8)
     # virtual boundaries 0,8,16,32,48,64 modulo the 32-token pass: 0,8,16,0,16,0, plus the pass end 32

@@ -320,6 +320,11 @@ class Schedule:
         at the wrong step."""
         items = (getattr(index, "manifest", None) or {}).get("items") or {}
         length = items.get("length")
+        if length is None and items.get("starts_file"):
+            raise ValueError(
+                f"the index {getattr(index, 'path', '')} has items of varying length, so no step schedule applies "
+                f"(schedule {self.name!r} counts {self.item_length} tokens per item): build it with items of one length"
+            )
         if length is not None and int(length) != self.item_length:
             raise ValueError(
                 f"schedule {self.name!r} has items of {self.item_length} tokens but the index "
