@@ -96,6 +96,11 @@ def test_read_jsonl_fields_and_normalized_field(tmp_path: Path) -> None:
     (q,) = read_jsonl(g)
     assert q.field == "syntax_semantics"  # principle_A_case_2's "syntax/semantics" quirk, normalized
     assert q.pair_id == 7
+    # a byte-order mark before the first record (it read as "not valid JSON" at line 1)
+    marked = tmp_path / "bom" / "determiner_noun_agreement_1.jsonl"
+    marked.parent.mkdir()
+    marked.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+    assert read_jsonl(marked) == [p]
 
 
 def test_malformed_jsonl_names_file_and_line(tmp_path: Path) -> None:

@@ -114,6 +114,10 @@ def test_query_phrases_from_a_file_or_stdin(
     assert _query(capsys, out, "these cats", extra=("--file", str(tmp_path / "phrases.txt")))["results"] == expected
     monkeypatch.setattr("sys.stdin", io.StringIO("these dogs\nthis dog"))
     assert _query(capsys, out, "these cats", extra=("--file", "-"))["results"] == expected
+    # a file saved with a byte-order mark and CRLF line ends (Windows editors): the mark was taken for a part of
+    # the first phrase, which then was never found
+    (tmp_path / "windows.txt").write_bytes("\ufeffthese dogs\r\nthis dog\r\n".encode("utf-8"))
+    assert _query(capsys, out, "these cats", extra=("--file", str(tmp_path / "windows.txt")))["results"] == expected
     assert main(["query", str(out)]) == 2
     assert "no phrases: give them as arguments or with --file PATH" in capsys.readouterr().err
     assert main(["query", str(out), "--file", str(tmp_path / "missing.txt")]) == 2
@@ -273,6 +277,13 @@ def test_bad_inputs_fail_cleanly(
     assert "say how the run batched the items" in capsys.readouterr().err
     _assert_nothing_written(out)
     monkeypatch.undo()
+    # a text file starting with a byte-order mark: the mark is not text (it became tokens of the first document)
+    marked = write_text(tmp_path / "marked.txt", "\ufeffthese dogs bark\n")
+    plain = write_text(tmp_path / "plain.txt", "these dogs bark\n")
+    for name, src in (("marked", marked), ("plain", plain)):
+        assert main(["build", str(src), "--format", "text", "--out", str(tmp_path / name), "--tokenizer",
+                     str(TOKENIZER), "--item-length", "3", "--items-per-step", "1", "--no-progress"]) == 0
+    assert exposure.Index(tmp_path / "marked").tokens(0, 3).tolist() == exposure.Index(tmp_path / "plain").tokens(0, 3).tolist()
     # a zero memory budget is an argument error (it said "memory_budget_bytes must be positive")
     with pytest.raises(SystemExit) as exited:
         main(["build", str(src), "--format", "text", "--out", str(out), "--tokenizer", str(TOKENIZER),

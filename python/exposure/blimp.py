@@ -199,10 +199,10 @@ def _pair_from_record(rec: Mapping[str, object], where: str, uid_hint: str | Non
 
 
 def _open_text(path: Path, newline: str | None = None) -> io.TextIOBase:
-    """Open a text file, gzip-compressed when its name ends in ``.gz``."""
+    """Open a text file, gzip-compressed when its name ends in ``.gz`` (a leading byte-order mark is dropped)."""
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline=newline)  # type: ignore[return-value]
-    return open(path, encoding="utf-8", newline=newline)  # type: ignore[return-value]
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline=newline)  # type: ignore[return-value]
+    return open(path, encoding="utf-8-sig", newline=newline)  # type: ignore[return-value]
 
 
 def _jsonl_stem(path: Path) -> str:

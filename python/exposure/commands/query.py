@@ -133,6 +133,7 @@ def read_phrases(path: str) -> list[str]:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read phrases from {path}: {exc}") from None
+    text = text.removeprefix("\ufeff")  # a byte-order mark (Windows editors) is not part of the first phrase
     return [line for line in text.splitlines() if line.strip()]
 
 

@@ -132,6 +132,8 @@ def _lines(path: Path, position: ReadPosition | None = None) -> Iterator[tuple[i
                     raise CorpusError(f"{path}:{lineno}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
                 if line.endswith("\n"):
                     line = line[:-2] if line.endswith("\r\n") else line[:-1]
+                if lineno == 1 and line.startswith("\ufeff"):  # a byte-order mark (Windows editors) is not text
+                    line = line[1:]
                 yield lineno, line
     except CorpusError:
         raise
