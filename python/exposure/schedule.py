@@ -394,7 +394,7 @@ class Schedule:
         ck = self.checkpoints
         shown = ", ".join(str(c) for c in ck[:6]) + (f", …, {ck[-1]}" if len(ck) > 6 else "")
         epoch = "" if self.epoch_items is None else f", one pass = {self.epoch_items:,} items"
-        if self.total_items is not None and self.total_items < self.num_steps * self.items_per_step:
+        if self.total_items is not None:  # stored only when the last step is partial
             epoch += f", {self.total_items:,} items in all (the last step partial)"
         return (
             f"{self.name}: {self.item_length} tokens/item × {self.items_per_step} items/step = "
