@@ -280,21 +280,21 @@ def test_bad_inputs_fail_cleanly(
     # a text file starting with a byte-order mark: the mark is not text (it became tokens of the first document)
     marked = write_text(tmp_path / "marked.txt", "\ufeffthese dogs bark\n")
     plain = write_text(tmp_path / "plain.txt", "these dogs bark\n")
-    for name, src in (("marked", marked), ("plain", plain)):
-        assert main(["build", str(src), "--format", "text", "--out", str(tmp_path / name), "--tokenizer",
-                     str(TOKENIZER), "--item-length", "3", "--items-per-step", "1", "--no-progress"]) == 0
+    def build_text(source: Path, dest: Path, *extra: str) -> int:
+        return main(["build", str(source), "--format", "text", "--out", str(dest), "--tokenizer", str(TOKENIZER),
+                     "--item-length", "2", "--items-per-step", "1", "--no-progress", *extra])
+
+    for name, text in (("marked", marked), ("plain", plain)):
+        assert build_text(text, tmp_path / name, "--item-length", "3") == 0
     assert exposure.Index(tmp_path / "marked").tokens(0, 3).tolist() == exposure.Index(tmp_path / "plain").tokens(0, 3).tolist()
     # a zero memory budget is an argument error (it said "memory_budget_bytes must be positive")
     with pytest.raises(SystemExit) as exited:
-        main(["build", str(src), "--format", "text", "--out", str(out), "--tokenizer", str(TOKENIZER),
-              "--item-length", "2", "--items-per-step", "1", "--memory-budget", "0", "--no-progress"])
+        build_text(src, out, "--memory-budget", "0")
     assert exited.value.code == 2
     assert "argument --memory-budget: expected a positive size (8G, 512M), got '0'" in capsys.readouterr().err
     _assert_nothing_written(out)
     # a corpus of blank lines holds no text (it was told to use a smaller --item-length)
-    blank = write_text(tmp_path / "blank.txt", "\n  \n\n")
-    assert main(["build", str(blank), "--format", "text", "--out", str(out), "--tokenizer", str(TOKENIZER),
-                 "--item-length", "2", "--items-per-step", "1", "--no-progress"]) == 2
+    assert build_text(write_text(tmp_path / "blank.txt", "\n  \n\n"), out) == 2
     assert "the text sources (1 file(s)) hold no text" in capsys.readouterr().err
     _assert_nothing_written(out)
     # an existing index is not overwritten without --overwrite
