@@ -480,6 +480,37 @@ def test_a_reference_run_is_refused_pairs_counted_in_another_stream(neox: dict[s
     assert evaluate_run(counted(2000, 64), run, tmp_path / "d", device="cpu", progress=False).checkpoints == (0,)
 
 
+def test_a_hub_run_without_network_reads_the_local_cache_at_once(
+    neox: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With no network (many cluster nodes), every hub file waited out ~25 s of retries before the cache was read
+    # (or the error came): for 154 checkpoints, hours. A hub that cannot be resolved is now read from the cache only.
+    import socket
+
+    import huggingface_hub.constants
+
+    cache = tmp_path / "cache"
+    repo = cache / "models--org--tiny"
+    make_run(tmp_path / "run", "gpt_neox", NEOX, steps=(0,))
+    shutil.copytree(tmp_path / "run" / "step0", repo / "snapshots" / ("a" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "step0").write_text("a" * 40)  # revision step0 -> that snapshot, as a download leaves it
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    assert runs_module.open_run("org/tiny").offline
+    table = neox["table"].slice(0, 4)
+    results = evaluate_run(table, "org/tiny", tmp_path / "out", checkpoints=[0], device="cpu", progress=False)
+    local = evaluate_run(table, tmp_path / "run", tmp_path / "local", checkpoints=[0], device="cpu", progress=False)
+    assert_tables_identical(results.scores(0), local.scores(0))
+    with pytest.raises(EvalError, match=r"tokenizer.json of org/other .*the hub cannot be reached from here, and the "
+                                        r"local Hugging Face cache has no copy"):
+        evaluate_run(table, "org/other", tmp_path / "other", checkpoints=[0], device="cpu", progress=False)
+
+
 def test_cli_eval(neox: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
     argv = ["eval", "--pairs", str(neox["pairs"]), "--run", str(neox["run"]), "--out", str(out),

@@ -79,11 +79,22 @@ def model_shape(config: Any) -> ModelShape:
 @dataclass(frozen=True)
 class Run:
     """A run: ``kind`` is ``"local"`` (``root`` holds ``step{S}/`` folders) or ``"hub"`` (``source`` is a model
-    id whose revision ``step{S}`` is checkpoint S, as Pythia's branches)."""
+    id whose revision ``step{S}`` is checkpoint S, as Pythia's branches). ``offline``: the hub cannot be reached,
+    so its files come from the local cache only (see :func:`hub_reachable`)."""
 
     source: str
     kind: str
     root: Path | None = None
+    offline: bool = False
+
+    def _hub(self) -> dict[str, Any]:
+        """Options of a hub download: from the local cache only when offline (else each file waits out the
+        retries of a request that cannot succeed, ~25 s)."""
+        return {"local_files_only": True} if self.offline else {}
+
+    def _unreachable(self) -> str:
+        return (" (the hub cannot be reached from here, and the local Hugging Face cache has no copy: download the "
+                "run first, or pass a directory of its step{S}/ folders)") if self.offline else ""
 
     @property
     def name(self) -> str:
@@ -121,10 +132,10 @@ class Run:
         from huggingface_hub import hf_hub_download
 
         try:
-            return Path(hf_hub_download(self.source, "tokenizer.json", revision=f"step{step}"))
+            return Path(hf_hub_download(self.source, "tokenizer.json", revision=f"step{step}", **self._hub()))
         except Exception as exc:  # network, missing repo/revision/file: all mean the same to the user
             raise EvalError(
-                f"cannot fetch tokenizer.json of {self.source} at revision step{step}: {exc}"
+                f"cannot fetch tokenizer.json of {self.source} at revision step{step}{self._unreachable()}: {exc}"
             ) from exc
 
     def prefix_token_id(self, step: int, tokenizer: Tokenizer | None = None) -> int:
@@ -142,9 +153,9 @@ class Run:
         else:
             location, revision = self.location(step)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
+            tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, **self._hub())
         except (OSError, ValueError) as exc:
-            raise EvalError(f"cannot load the tokenizer of {location}: {exc}") from exc
+            raise EvalError(f"cannot load the tokenizer of {location}{self._unreachable()}: {exc}") from exc
         for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
             if token_id is not None:
                 return int(token_id)
@@ -158,9 +169,11 @@ class Run:
 
         location, revision = self.location(step)
         try:
-            return model_shape(AutoConfig.from_pretrained(location, revision=revision))
+            return model_shape(AutoConfig.from_pretrained(location, revision=revision, **self._hub()))
         except (OSError, ValueError) as exc:
-            raise EvalError(f"cannot read the model config of {location} ({revision or 'local'}): {exc}") from exc
+            raise EvalError(
+                f"cannot read the model config of {location} ({revision or 'local'}){self._unreachable()}: {exc}"
+            ) from exc
 
     def load_model(self, step: int, device: torch.device, dtype: torch.dtype) -> Any:
         """Load checkpoint ``step`` as a causal LM in eval mode on ``device`` with the row-recording attention."""
@@ -176,11 +189,11 @@ class Run:
         hf_logging.disable_progress_bar()
         try:
             model: Any = AutoModelForCausalLM.from_pretrained(
-                location, revision=revision, dtype=dtype, attn_implementation=implementation
+                location, revision=revision, dtype=dtype, attn_implementation=implementation, **self._hub()
             )
         except (OSError, ValueError, KeyError, SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError) as exc:
             # missing or damaged weights (a cut-short safetensors file, a broken pickle, tensors of other shapes)
-            raise EvalError(f"cannot load checkpoint step{step} from {location}: {exc}") from exc
+            raise EvalError(f"cannot load checkpoint step{step} from {location}{self._unreachable()}: {exc}") from exc
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
@@ -230,4 +243,21 @@ def open_run(run: str | Path) -> Run:
     text = str(run)
     if path.exists() or text.startswith(("/", ".", "~")) or text.count("/") > 1:
         raise FileNotFoundError(f"run {text} is neither a directory of step{{S}}/ checkpoints nor a hub model id")
-    return Run(text, "hub", None)
+    return Run(text, "hub", None, offline=not hub_reachable())
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub can be asked at all: not with ``HF_HUB_OFFLINE`` set, nor where its host name
+    does not resolve (no network, as on many cluster nodes). Then a hub run reads the local cache only."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname or "huggingface.co", 443)
+    except OSError:
+        return False
+    return True
