@@ -676,6 +676,34 @@ def test_resumed_build_with_another_vocabulary_rebuilds_its_shards(tmp_path, mon
     check_all(idx, Oracle(stream, None), phrases_for(stream, np.random.default_rng(4), 30, 7), [[0, 4000, 8000]])
 
 
+def test_the_stream_identity_is_its_tokens_in_order(tmp_path, monkeypatch):
+    # One identity for one stream however it is sharded, chunked, threaded or resumed; another order, another one.
+    rng = np.random.default_rng(5)
+    stream = rng.integers(0, 6, size=8000).astype(np.uint16)
+    one = build(tmp_path, stream, "one", item_length=100)
+    assert one.stream_id == f"uint16:{_core.xxh64(stream):016x}"
+    assert build(tmp_path, stream, "sharded", item_length=100, shard_tokens=1500, threads=1).stream_id == one.stream_id
+    with exposure.IndexBuilder(tmp_path / "chunked", vocab_size=6, threads=2, shard_tokens=2000, progress=False) as b:
+        for a in range(0, 8000, 700):
+            b.add(stream[a : a + 700].astype(np.int64), item_lengths=[min(700, 8000 - a)])
+        assert b.finish().stream_id == one.stream_id
+    real = _crash_at_shard(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path, stream, "resumed", item_length=100, shard_tokens=2000, threads=1)
+    monkeypatch.setattr(_core, "build_shard", real)
+    resumed = build(tmp_path, stream, "resumed", item_length=100, shard_tokens=2000, threads=1)
+    assert resumed.manifest["build"]["shards_reused"] == 2 and resumed.stream_id == one.stream_id
+    shuffled = build(tmp_path, stream.reshape(80, 100)[rng.permutation(80)].ravel(), "shuffled", item_length=100)
+    assert shuffled.stream_id != one.stream_id
+    assert build(tmp_path, stream.astype(np.uint32), "wide", item_length=100).stream_id.startswith("uint32:")
+    # parts gathered by assemble_index have no identity of the whole (each part hashed only its own tokens)
+    for k, a in enumerate([0, 4000]):
+        with exposure.IndexBuilder(tmp_path / f"p{k}", vocab_size=6, stream_start=a, progress=False, threads=1) as b:
+            b.add(stream[a : a + 4000], item_length=100)
+            b.finish()
+    assert exposure.assemble_index([tmp_path / "p0", tmp_path / "p1"], tmp_path / "all").stream_id is None
+
+
 def test_xxh64_matches_reference():
     xxhash = pytest.importorskip("xxhash")
     rng = np.random.default_rng(0)

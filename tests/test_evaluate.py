@@ -459,21 +459,29 @@ def test_a_reference_run_is_refused_pairs_counted_in_another_stream(neox: dict[s
 
     run = make_run(tmp_path / "run", "gpt_neox", NEOX, steps=(0,))
     schedule = {"name": "custom", "item_length": 8, "items_per_step": 4, "checkpoints": [0], "tokens_per_step": 32}
-    trained = {"format": RUN_FORMAT, "data": {"num_tokens": 1000, "index_path": "/data/a"}, "schedule": schedule}
-    (run / "run.json").write_text(json.dumps(trained))
+    data = {"num_tokens": 1000, "index_path": "/data/a", "stream": "uint16:00000000000000aa"}
+    (run / "run.json").write_text(json.dumps({"format": RUN_FORMAT, "data": data, "schedule": schedule}))
     table = neox["table"].slice(0, 4)
 
-    def counted(tokens: int, per_step: int) -> pa.Table:
+    def counted(tokens: int, per_step: int, stream: str = "uint16:00000000000000aa") -> pa.Table:
         meta = {**table.schema.metadata, b"exposure.index": b"/data/b", b"exposure.index_tokens": str(tokens).encode(),
-                b"exposure.schedule": json.dumps({**schedule, "tokens_per_step": per_step}).encode()}
+                b"exposure.schedule": json.dumps({**schedule, "tokens_per_step": per_step}).encode(),
+                b"exposure.index_stream": stream.encode()}
         return table.replace_schema_metadata(meta)
+
+    # the same size, another stream (an index rebuilt with another shuffle seed, say)
+    with pytest.raises(EvalError, match=r"trained on another token stream \(uint16:00000000000000aa, index /data/a\) "
+                                        r"than the one the exposures in the pairs table were counted in "
+                                        r"\(uint16:00000000000000bb, index /data/b\)"):
+        evaluate_run(counted(1000, 32, "uint16:00000000000000bb"), run, tmp_path / "s", device="cpu", progress=False)
+    assert evaluate_run(counted(1000, 32, ""), run, tmp_path / "u", device="cpu", progress=False).checkpoints == (0,)
 
     with pytest.raises(EvalError, match=r"trained on an index of 1,000 tokens \(/data/a\), but the exposures in the "
                                         r"pairs table were counted in one of 2,000 \(/data/b\)"):
         evaluate_run(counted(2000, 32), run, tmp_path / "a", device="cpu", progress=False)
     with pytest.raises(EvalError, match="trained on 32 tokens per step, but the steps in the pairs table are of 64"):
         evaluate_run(counted(1000, 64), run, tmp_path / "b", device="cpu", progress=False)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not any((tmp_path / name).exists() for name in ("a", "b", "s"))
     assert evaluate_run(counted(1000, 32), run, tmp_path / "c", device="cpu", progress=False).checkpoints == (0,)
     # folders of another trainer (no train-reference run.json) are not checked
     (run / "run.json").write_text(json.dumps({"format": "someone-else", "data": {"num_tokens": 1}}))

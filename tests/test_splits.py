@@ -151,6 +151,7 @@ def test_make_splits_known_answers(world) -> None:
     assert json.loads(meta["exposure.checkpoints"]) == list(CHECKPOINTS)
     assert meta["exposure.tokenizer_sha256"] == world["tok"].sha256
     assert json.loads(meta["exposure.schedule"])["tokens_per_step"] == PER_STEP * ITEM
+    assert meta["exposure.index_stream"] == world["index"].stream_id and meta["exposure.index_stream"].startswith("uint")
     # contract types
     assert t.schema.field("good_critical_token").type == pa.int32()
     assert t.schema.field("first_step_good").type == pa.int64()

@@ -317,6 +317,7 @@ def test_train_reference_reads_the_index_in_order(corpus_items: list[np.ndarray]
     run = json.loads((out / "run.json").read_text())
     assert run["checkpoints"] == [0, 1, 2, 4, 5]
     assert run["data"]["num_items"] == 40 and run["data"]["index_path"] == str((tmp_path / "index").resolve())
+    assert run["data"]["stream"] == idx.stream_id is not None
     rs = Schedule.from_dict(run["schedule"])
     assert (rs.item_length, rs.items_per_step, rs.checkpoints, rs.num_steps) == (ITEM_LEN, 8, (0, 1, 2, 4, 5), 5)
     # the index's schedule agrees with the run: a token trained in step i is seen by checkpoint i+1

@@ -125,6 +125,20 @@ PYBIND11_MODULE(_core, m) {
         return hash_file(p);
       },
       py::arg("path"));
+  py::class_<Xxh64>(m, "Xxh64", "XXH64 computed incrementally: update(buffer) with the bytes in order, then digest()")
+      .def(py::init<>())
+      .def(
+          "update",
+          [](Xxh64& h, py::buffer b) {
+            const py::buffer_info info = b.request();
+            if (!PyBuffer_IsContiguous(info.view(), 'C')) throw std::invalid_argument("xxh64 needs a contiguous buffer");
+            const auto* data = static_cast<const uint8_t*>(info.ptr);
+            const size_t len = size_t(info.size) * size_t(info.itemsize);
+            py::gil_scoped_release release;
+            h.update(data, len);
+          },
+          py::arg("data"))
+      .def("digest", &Xxh64::digest);
   m.def(
       "xxh64",
       [](py::buffer b) {

@@ -332,6 +332,7 @@ class IndexBuilder:
         self._t0 = time.perf_counter()
         self._reused = 0
         self._added = 0
+        self._stream_hash = _core.Xxh64()  # the stream's identity: its tokens in order, however they are sharded
         self._open_len = 0  # tokens of an item that the next chunk continues
         self._next_start = self.stream_start
         acquire_build_lock(self.out)  # last: nothing above can fail with the lock held
@@ -413,8 +414,9 @@ class IndexBuilder:
         else:
             lengths = np.array([n], dtype=np.int64)
         ends = np.cumsum(lengths)
-        text = np.insert(arr.astype(self.dtype, copy=False), ends[:-1] if item_continues else ends,
-                         self.dtype.type(self.sep))
+        tokens_here = np.ascontiguousarray(arr, dtype=self.dtype)
+        self._stream_hash.update(tokens_here)
+        text = np.insert(tokens_here, ends[:-1] if item_continues else ends, self.dtype.type(self.sep))
         whole = lengths.copy()
         whole[0] += self._open_len
         if item_continues:
@@ -464,6 +466,7 @@ class IndexBuilder:
                 "token_dtype": self.dtype.name,
                 "stream_start": self.stream_start,
                 "token_count": total,
+                "stream_xxh64": f"{self._stream_hash.digest():016x}",
                 "vocab_size": self.vocab_size,
                 "separator": self.sep,
                 "items": items,
@@ -962,6 +965,15 @@ class Index:
     @property
     def metadata(self) -> dict[str, Any]:
         return self.manifest.get("metadata", {})
+
+    @property
+    def stream_id(self) -> str | None:
+        """The token stream's identity, ``"DTYPE:XXH64"`` of its tokens in order (the same however the index was
+        sharded or resumed; another shuffle seed or other sources give another), or None for an index assembled
+        from parts or built before it was recorded. Splits tables and reference runs carry it, so that
+        ``exposure eval`` can tell that a run was trained on the stream the pairs were counted in."""
+        digest = self.manifest.get("stream_xxh64")
+        return None if digest is None else f"{self.dtype.name}:{digest}"
 
     @property
     def num_shards(self) -> int:

@@ -114,8 +114,8 @@ def _resolve_checkpoints(run: Run, requested: Sequence[int] | None, pairs: Pairs
 def check_trained_on_the_pairs_stream(run: Run, source: PairsSource) -> None:
     """A run made by ``exposure train-reference`` (its ``run.json``) must have been trained on the token stream the
     pairs' exposures were counted in, at the same tokens per step: otherwise their proxy splits say nothing about
-    its training. Compared where both sides record it (the stream's token count, the schedule's tokens per step);
-    other runs (a hub id, folders of another trainer) are not checked."""
+    its training. Compared where both sides record it (the stream's identity, its token count, the schedule's
+    tokens per step); other runs (a hub id, folders of another trainer) are not checked."""
     from exposure.training.loop import RUN_FORMAT
 
     path = None if run.root is None else run.root / "run.json"
@@ -128,6 +128,14 @@ def check_trained_on_the_pairs_stream(run: Run, source: PairsSource) -> None:
     if not isinstance(trained, dict) or trained.get("format") != RUN_FORMAT:
         return
     data, where = trained.get("data") or {}, source.path if source.path is not None else "the pairs table"
+    stream = source.metadata.get(b"exposure.index_stream", b"").decode()
+    if stream and data.get("stream") and stream != data["stream"]:
+        index = source.metadata.get(b"exposure.index", b"").decode()
+        raise EvalError(
+            f"{run.name} was trained on another token stream ({data['stream']}, index {data.get('index_path')}) than "
+            f"the one the exposures in {where} were counted in ({stream}, index {index}): the index was rebuilt "
+            "(another seed, other sources?) or is another; make the splits from the run's index"
+        )
     counted = source.metadata.get(b"exposure.index_tokens")
     if counted and data.get("num_tokens") is not None and int(counted) != int(data["num_tokens"]):
         index = source.metadata.get(b"exposure.index", b"").decode()

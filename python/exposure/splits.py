@@ -191,7 +191,8 @@ def make_splits(phrases: pa.Table, index: _Index, schedule: Schedule, index_path
     ``split`` (``"train"``/``"validation"`` per checkpoint).
 
     Table metadata: ``exposure.checkpoints`` (JSON list of steps), ``exposure.tokenizer_sha256``,
-    ``exposure.schedule`` (JSON), ``exposure.index``.
+    ``exposure.schedule`` (JSON), ``exposure.index``, ``exposure.index_tokens``, ``exposure.index_stream``
+    (:attr:`exposure.Index.stream_id`, empty when unknown).
     """
     check_phrase_table(phrases)
     check_tokenizer(phrases, index)
@@ -225,6 +226,7 @@ def make_splits(phrases: pa.Table, index: _Index, schedule: Schedule, index_path
             "exposure.schedule": json.dumps(schedule.to_dict()),
             "exposure.index": str(index_path if index_path is not None else getattr(index, "path", "")),
             "exposure.index_tokens": str(int(index.num_tokens)),
+            "exposure.index_stream": getattr(index, "stream_id", None) or "",
         }
     )
     meta.setdefault("exposure.tokenizer_sha256", "")

@@ -35,6 +35,7 @@ def format_info(d: dict[str, Any]) -> str:
         item = "" if one else "of varying length"
     lines.append(f"tokens       {d['tokens']:,} ({d['token_dtype']}), {d['items']:,} item{'' if one else 's'} {item}".rstrip())
     lines.append(f"vocabulary   {d['vocab_size']:,} ids (separator {d['vocab_size']})")
+    lines.append(f"stream       {d.get('stream') or '(no identity recorded: an assembled or older index)'}")
     lines.append(
         f"on disk      {_human(d.get('bytes_on_disk'))} in {d['shards']} shard(s), "
         f"{d.get('bytes_per_token') or '?'} bytes/token"

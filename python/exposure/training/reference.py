@@ -185,6 +185,7 @@ def train_reference(
         "index_path": str(Path(index_path).resolve()),
         "num_items": len(source),
         "num_tokens": int(index.num_tokens),
+        "stream": index.stream_id,
         "passes": passes,
         "item_order": "index order; step i reads items [i*items_per_step, (i+1)*items_per_step)",
     }
