@@ -56,6 +56,19 @@ def test_two_planted_heads_are_recovered_and_tracked() -> None:
     assert "At step 100: top-2 share" in text
 
 
+def test_a_single_head_is_not_ranked() -> None:
+    # A one-head model was reported as "the top 1 of 1 heads carry 100% ... (a uniform spread would give 100%)",
+    # with Jaccard overlaps and top-set changes of that one head.
+    rng = np.random.default_rng(2)
+    arrays = {0: rng.uniform(0.1, 0.2, size=(20, 2, 1, 1)), 50: rng.uniform(0.3, 0.4, size=(20, 2, 1, 1))}
+    res = hd.analyze_heads({s: (lambda a=a: a.astype(np.float32)) for s, a in arrays.items()},
+                           np.array(["x"] * 20, dtype=object))
+    assert res is not None
+    (text,) = summarize_heads(res, [0, 50])
+    assert text.startswith("The model has a single attention head (L0H0): nothing to rank.")
+    assert f"{arrays[50].mean():.3f} at the last checkpoint (step 50), {arrays[0].mean():.3f} at the first" in text
+
+
 def test_uniform_attention_is_not_concentrated() -> None:
     rng = np.random.default_rng(1)
     att = rng.uniform(0.09, 0.11, size=(40, 2, L, H)).astype(np.float32)

@@ -264,6 +264,13 @@ def summarize_heads(h: HeadResult | None, before_after: list[int]) -> list[str]:
         return ["The evaluation output has no attention (attention/step{S}.npy): no head analysis."]
     name = ALL
     last = len(h.steps) - 1
+    if h.n_layers * h.n_heads == 1:  # shares, Gini and top sets of one head say nothing
+        mean = h.means[name][:, 0, 0]
+        return [
+            f"The model has a single attention head (L0H0): nothing to rank. Its mean critical → context attention "
+            f"is {mean[last]:.3f} at the last checkpoint (step {int(h.steps[last]):,})"
+            + (f", {mean[0]:.3f} at the first (step {int(h.steps[0]):,})." if last else ".")
+        ]
     uniform = h.top_k / (h.n_layers * h.n_heads)
     tops = ", ".join(
         f"{_head_name(int(layer), int(head))} ({h.means[name][last, layer, head]:.3f})" for layer, head in h.top[name][last]
