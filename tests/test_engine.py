@@ -457,7 +457,7 @@ def test_a_closed_index_says_so(tmp_path):
         assert idx.count([[1, 2]]).tolist() == [3]
         assert mapped()
     assert not mapped()
-    assert repr(idx).endswith("closed)")
+    assert idx.closed and repr(idx).endswith("closed)")
     calls = [lambda: idx.count([[1, 2]]), lambda: idx.first_position([[1]]), lambda: idx.window_counts([[1]], [0, 9]),
              lambda: idx.positions([1]), lambda: idx.tokens(0, 2), lambda: idx.context(3), lambda: idx.item_of(3),
              lambda: idx.item_bounds(0), lambda: idx.add_windows("w", [0, 4]), lambda: idx.threads,

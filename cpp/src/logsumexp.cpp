@@ -24,13 +24,15 @@ constexpr size_t kBlockPanels = 64;  // panels per column block (64 x dim x 16 f
 constexpr size_t kBlockRows = 96;   // rows per thread task, a multiple of kRows and kRows512
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+// Panels stored: an even number, since the AVX-512 tile takes two at a time (a padding panel's columns
+// have bias -inf, so they add nothing).
+constexpr size_t stored_panels(size_t panels) { return (panels + 1) / 2 * 2; }
+
 }  // namespace
 
-// Storage for an even number of panels: the AVX-512 tile takes two at a time (a padding panel's
-// columns have bias -inf, so they add nothing).
 OutputHead::OutputHead(const float* weight, size_t vocab, size_t dim, const float* bias)
-    : vocab_(vocab), dim_(dim), panels_((vocab + kCols - 1) / kCols), w_((panels_ + 1) / 2 * 2 * dim * kCols, 0.f),
-      b_((panels_ + 1) / 2 * 2 * kCols, kNegInf), isa_(supported(Isa::avx512) ? Isa::avx512 : Isa::avx2) {
+    : vocab_(vocab), dim_(dim), panels_((vocab + kCols - 1) / kCols), w_(stored_panels(panels_) * dim * kCols, 0.f),
+      b_(stored_panels(panels_) * kCols, kNegInf), isa_(supported(Isa::avx512) ? Isa::avx512 : Isa::avx2) {
   if (vocab == 0 || dim == 0) throw std::invalid_argument("output head with an empty vocabulary or dimension");
   for (size_t v = 0; v < vocab; ++v) {
     const size_t p = v / kCols, c = v % kCols;
@@ -66,20 +68,25 @@ namespace {
 // exact path), NaN stays NaN, x below -87.3 gives exp(-87.3) ~ 1e-38 (negligible: a row's sum is
 // >= 1, its shift being one of its logits). 2^n exp(r) with n = round(x / ln2), r = x - n ln2 in
 // two steps (Cody-Waite), |r| <= ln2 / 2, and a degree-5 polynomial fitted to exp on that range
-// (relative error 2.2e-7 in float32).
+// (relative error 2.2e-7 in float32). The constants are shared by exp8 and exp16.
+constexpr float kExpLow = -87.3f, kExpHigh = 89.f;  // n <= 128: 2^128 is the bit pattern of inf
+constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kExpPoly[6] = {0.008291716687381268f, 0.04191502928733826f, 0.1666766256093979f,
+                               0.49998900294303894f,  0.9999996423721313f,  1.0000001192092896f};
+
 __attribute__((target("avx2,fma"))) inline __m256 exp8(__m256 x) {
-  x = _mm256_max_ps(_mm256_set1_ps(-87.3f), x);  // max/min return their second operand when either is NaN
-  x = _mm256_min_ps(_mm256_set1_ps(89.f), x);    // n <= 128: 2^128 is the bit pattern of inf
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(0.008291716687381268f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.04191502928733826f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.1666766256093979f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.49998900294303894f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.9999996423721313f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0000001192092896f));
+  x = _mm256_max_ps(_mm256_set1_ps(kExpLow), x);  // max/min return their second operand when either is NaN
+  x = _mm256_min_ps(_mm256_set1_ps(kExpHigh), x);
+  const __m256 n =
+      _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(kExpPoly[0]);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpPoly[1]));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpPoly[2]));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpPoly[3]));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpPoly[4]));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpPoly[5]));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
@@ -180,18 +187,18 @@ namespace {
 
 // exp8's AVX-512 twin (the same range reduction and polynomial), 2^n applied with scalef.
 __attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-87.3f), x);
-  x = _mm512_min_ps(_mm512_set1_ps(89.f), x);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(0.008291716687381268f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.04191502928733826f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.1666766256093979f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.49998900294303894f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.9999996423721313f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0000001192092896f));
+  x = _mm512_max_ps(_mm512_set1_ps(kExpLow), x);
+  x = _mm512_min_ps(_mm512_set1_ps(kExpHigh), x);
+  const __m512 n =
+      _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(kExpPoly[0]);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpPoly[1]));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpPoly[2]));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpPoly[3]));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpPoly[4]));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpPoly[5]));
   return _mm512_scalef_ps(p, n);
 }
 
@@ -228,7 +235,7 @@ __attribute__((target("avx512f"), noinline)) void tile512(const float* h, size_t
 __attribute__((target("avx512f"))) void OutputHead::block512(const float* hidden, size_t rows, float* out) const {
   float shift[kBlockRows];
   double sums[kBlockRows];
-  const size_t tiles = (rows + kRows512 - 1) / kRows512, panels = (panels_ + 1) / 2 * 2;
+  const size_t tiles = (rows + kRows512 - 1) / kRows512, panels = stored_panels(panels_);
   for (size_t c0 = 0; c0 < panels; c0 += kBlockPanels) {
     const size_t c1 = std::min(panels, c0 + kBlockPanels);
     for (size_t t = 0; t < tiles; ++t) {

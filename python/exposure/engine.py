@@ -831,13 +831,11 @@ def assemble_index(parts: Sequence[str | os.PathLike[str]], out_dir: str | os.Pa
                 moves.append((path / rec["dir"], partial / name))
                 shards.append({**rec, "dir": name})
         write_json_atomic(journal, [[str(a), str(b)] for a, b in moves])
-        done: list[tuple[Path, Path]] = []
         try:
             for src, dst in moves:
                 os.replace(src, dst)
-                done.append((src, dst))
         except BaseException as exc:
-            _move_back(done)
+            _move_back(moves)  # the moves not made are left be
             journal.unlink()
             if isinstance(exc, OSError) and exc.errno == errno.EXDEV:
                 raise OSError(errno.EXDEV, f"cannot move {src} into {partial}: the parts must be on the file system "
@@ -872,7 +870,8 @@ _ASSEMBLE_JOURNAL = "assemble-moves.json"  # (part shard, OUT.partial shard) pai
 
 
 def _move_back(moves: Sequence[tuple[Path, Path]]) -> None:
-    """Returns moved shard directories to their parts (last first); a part's directory taken again is left be."""
+    """Returns moved shard directories to their parts (last first); a move not made, or a part's directory taken
+    again, is left be."""
     for src, dst in reversed(moves):
         if dst.exists() and not src.exists():
             os.replace(dst, src)
@@ -890,10 +889,10 @@ class _ClosedCore:
     """Stands in for the engine object of a closed :class:`Index`: any use says so (the open path pays nothing)."""
 
     def __init__(self, path: Path) -> None:
-        self._path = path
+        self.message = f"index {path} is closed"
 
     def __getattr__(self, name: str) -> Any:
-        raise ValueError(f"index {self._path} is closed")
+        raise ValueError(self.message)
 
 
 class Index:
@@ -954,7 +953,6 @@ class Index:
                     raise IndexFileError(f"index file {f} is truncated or altered: {size} bytes, the manifest says {rec['bytes']}")
                 if verify and f"{_core.hash_file(str(f)):016x}" != rec["xxh64"]:
                     raise IndexFileError(f"index file {f} fails its checksum")
-        self._closed = False
         self._core = _core.Index([str(self.path / s["dir"]) for s in shards], self.vocab_size,
                                  self.dtype.itemsize, _resolve_threads(threads))
         if self._core.num_tokens != self.num_tokens:
@@ -996,7 +994,6 @@ class Index:
         ``ValueError``. Also ``with exposure.Index(path) as idx: ...``. Closing twice is fine."""
         self._core = _ClosedCore(self.path)
         self._item_starts = None
-        self._closed = True
 
     def __enter__(self) -> Index:
         return self
@@ -1004,9 +1001,14 @@ class Index:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return isinstance(self._core, _ClosedCore)
+
     def _check_open(self) -> None:
-        if self._closed:
-            raise ValueError(f"index {self.path} is closed")
+        if isinstance(self._core, _ClosedCore):
+            raise ValueError(self._core.message)
 
     def __reduce__(self) -> tuple[Any, ...]:
         self._check_open()
@@ -1015,7 +1017,7 @@ class Index:
         return (_reopen, (str(self.path.absolute()), self.threads))
 
     def __repr__(self) -> str:
-        if self._closed:
+        if self.closed:
             return f"Index({str(self.path)!r}, closed)"
         return (f"Index({str(self.path)!r}: {self.num_tokens:,} {self.dtype.name} tokens, {self.num_items:,} items, "
                 f"vocabulary {self.vocab_size:,}, {self.num_shards} shard(s))")

@@ -128,9 +128,9 @@ def check_trained_on_the_pairs_stream(run: Run, source: PairsSource) -> None:
     if not isinstance(trained, dict) or trained.get("format") != RUN_FORMAT:
         return
     data, where = trained.get("data") or {}, source.path if source.path is not None else "the pairs table"
+    index = source.metadata.get(b"exposure.index", b"").decode()
     stream = source.metadata.get(b"exposure.index_stream", b"").decode()
     if stream and data.get("stream") and stream != data["stream"]:
-        index = source.metadata.get(b"exposure.index", b"").decode()
         raise EvalError(
             f"{run.name} was trained on another token stream ({data['stream']}, index {data.get('index_path')}) than "
             f"the one the exposures in {where} were counted in ({stream}, index {index}): the index was rebuilt "
@@ -138,7 +138,6 @@ def check_trained_on_the_pairs_stream(run: Run, source: PairsSource) -> None:
         )
     counted = source.metadata.get(b"exposure.index_tokens")
     if counted and data.get("num_tokens") is not None and int(counted) != int(data["num_tokens"]):
-        index = source.metadata.get(b"exposure.index", b"").decode()
         raise EvalError(
             f"{run.name} was trained on an index of {int(data['num_tokens']):,} tokens ({data.get('index_path')}), "
             f"but the exposures in {where} were counted in one of {int(counted):,} ({index}): its proxy splits do "

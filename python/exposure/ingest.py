@@ -419,7 +419,7 @@ def describe_index(index: Any) -> dict[str, Any]:
         "items": index.num_items,
         "item_length": index.manifest.get("items", {}).get("length"),
         "token_dtype": np.dtype(index.dtype).name,
-        "stream": getattr(index, "stream_id", None),
+        "stream": index.stream_id,
         "vocab_size": index.vocab_size,
         "shards": index.num_shards,
         "bytes_on_disk": build.get("bytes_on_disk"),
